@@ -1,0 +1,23 @@
+# The two commands of the README:
+#   make run    set up (apt + pip) and run the main job on the embedded data set
+#   make test   set up and run the test suite
+PYTHON ?= python3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STAMP := build/.setup-stamp
+
+.PHONY: setup run test
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq aom-tools libaom3
+	$(PYTHON) -m pip install -q torch==2.13.0
+	$(PYTHON) -m pip install -q -e ".[test]"
+	mkdir -p build && touch $(STAMP)
+
+run: setup
+	$(PYTHON) -m av1_ablation dataset
+
+test: setup
+	$(PYTHON) -m pytest

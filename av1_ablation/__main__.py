@@ -1,0 +1,5 @@
+import sys
+
+from av1_ablation.cli import main
+
+sys.exit(main())
