@@ -1,0 +1,222 @@
+"""``ablation``: every loss x every seed as child runs of one parent run.
+
+    av1-ablation ablation --losses baseline,poly --seeds 42,43,44 --jobs 2
+    mlflow run . -e ablation
+
+Everything but ``loss_type`` and ``seed`` is shared by the children, including
+one Stage-1 backbone, resolved once. A second invocation skips children that
+already FINISHED with identical parameters (they are linked to the new parent
+through its ``av1.children`` tag). With ``--jobs N > 1`` children run in
+parallel processes that write through a local tracking server, because SQLite
+is not safe for many writers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.tracking import MlflowClient
+
+from av1_ablation import config as config_mod
+from av1_ablation.config import STAGE2_PRESETS, Stage2Config
+from av1_ablation.errors import UserError
+from av1_ablation.experiment import load_split_data
+from av1_ablation.losses import LOSS_TYPES
+from av1_ablation.partitions import to_stage2
+from av1_ablation.tracking import KIND_TAG, experiment_id, fail_pending_run, log_new_params, tracked_run
+
+CHILDREN_TAG = "av1.children"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def configure(parser) -> None:
+    from av1_ablation.stage2 import add_config_arguments
+
+    parser.add_argument("--losses", default=",".join(LOSS_TYPES),
+                        help="comma-separated loss types (default: all five)")
+    parser.add_argument("--seeds", default="42,43,44", help="comma-separated seeds (default: 42,43,44)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="children trained at once (default 1; one per GPU where there are GPUs)")
+    add_config_arguments(parser, Stage2Config)
+
+
+def run(args) -> int:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Stage2Config)}
+    try:
+        losses, seeds = parse_arms(args.losses, args.seeds)
+        if args.jobs < 1:
+            raise UserError(f"jobs={args.jobs} must be >= 1")
+        base = config_mod.resolve(Stage2Config, {**overrides, "loss_type": None, "seed": None},
+                                  STAGE2_PRESETS)
+    except UserError as exc:
+        fail_pending_run(str(exc))
+        raise
+    parent_id, failed = run_ablation(base, losses, seeds, jobs=args.jobs)
+    print(f"ablation run {parent_id}: {len(losses) * len(seeds) - len(failed)} children finished"
+          + (f", {len(failed)} failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def parse_arms(losses: str, seeds: str) -> tuple[list[str], list[int]]:
+    names = [s for s in losses.replace(" ", ",").split(",") if s]
+    unknown = [n for n in names if n not in LOSS_TYPES]
+    if unknown or not names:
+        raise UserError(f"losses={losses!r}: unknown {unknown or '(none given)'}; "
+                        f"choose from {', '.join(LOSS_TYPES)}")
+    try:
+        seed_list = [int(s) for s in seeds.replace(" ", ",").split(",") if s]
+    except ValueError:
+        raise UserError(f"seeds={seeds!r} must be comma-separated integers") from None
+    if not seed_list or len(set(seed_list)) != len(seed_list):
+        raise UserError(f"seeds={seeds!r} must be one or more distinct integers")
+    return list(dict.fromkeys(names)), seed_list
+
+
+def run_ablation(base: Stage2Config, losses: list[str], seeds: list[int], *, jobs: int = 1):
+    """Train the missing children under one parent; returns (parent run id, failed child names)."""
+    from av1_ablation.stage1 import resolve_stage1
+
+    data = load_split_data(base, to_stage2)
+    with tracked_run(kind="ablation", run_name="ablation", tags=data.tags()) as parent:
+        log_new_params({"losses": ",".join(losses), "seeds": ",".join(map(str, seeds)),
+                        "jobs": str(jobs), **config_mod.to_params(base)})
+        stage1 = resolve_stage1(base.stage1, data=data, width=base.width, device=base.device,
+                                preset=base.preset)
+        mlflow.set_tag("av1.stage1_run_id", stage1.run_id or "")
+        arms = [dataclasses.replace(base, loss_type=loss, seed=seed,
+                                    stage1=stage1.run_id or stage1.source)
+                for loss in losses for seed in seeds]
+        done = {i: run_id for i, cfg in enumerate(arms) if (run_id := finished_twin(cfg, data))}
+        todo = [cfg for i, cfg in enumerate(arms) if i not in done]
+        print(f"ablation: {len(arms)} children, {len(done)} already finished, {len(todo)} to train")
+        child_ids = {cfg: MlflowClient().create_run(
+            experiment_id(), run_name=f"{cfg.loss_type}-seed{cfg.seed}",
+            tags={PARENT_TAG: parent.info.run_id, KIND_TAG: "stage2"}).info.run_id for cfg in todo}
+        mlflow.set_tags({CHILDREN_TAG: ",".join([*done.values(), *child_ids.values()]),
+                         "av1.reused_children": ",".join(done.values())})
+        if jobs == 1:
+            failed = [name for cfg, rid in child_ids.items() if (name := _train_in_process(cfg, rid))]
+        else:
+            failed = _train_in_subprocesses(child_ids, jobs)
+        summarise(parent.info.run_id, [*done.values(), *child_ids.values()])
+        if failed:
+            mlflow.set_tag("av1.failed_children", ",".join(failed))
+        return parent.info.run_id, failed
+
+
+def finished_twin(cfg: Stage2Config, data) -> str | None:
+    """A FINISHED Stage-2 run of this experiment with exactly these parameters and data."""
+    wanted = config_mod.to_params(cfg)
+    runs = MlflowClient().search_runs(
+        [experiment_id()],
+        filter_string=(f"tags.`{KIND_TAG}` = 'stage2' and attributes.status = 'FINISHED' and "
+                       f"params.`cfg.loss_type` = '{cfg.loss_type}' and params.`cfg.seed` = '{cfg.seed}' "
+                       f"and tags.`av1.dataset_fingerprint` = '{data.store.fingerprint}' and "
+                       f"tags.`av1.split_fingerprint` = '{data.split.fingerprint}'"),
+        order_by=["attributes.start_time DESC"])
+    for run in runs:
+        if all(run.data.params.get(k) == v for k, v in wanted.items()):
+            return run.info.run_id
+    return None
+
+
+def _train_in_process(cfg: Stage2Config, run_id: str) -> str | None:
+    from av1_ablation.stage2 import train_stage2
+
+    try:
+        train_stage2(cfg, run_id=run_id, run_name=f"{cfg.loss_type}-seed{cfg.seed}",
+                     stage1_run_id=cfg.stage1)
+    except Exception as exc:  # the child is already marked FAILED with the reason
+        print(f"child {cfg.loss_type}-seed{cfg.seed} failed: {exc}", file=sys.stderr)
+        return f"{cfg.loss_type}-seed{cfg.seed}"
+    return None
+
+
+def _train_in_subprocesses(child_ids: dict, jobs: int) -> list[str]:
+    n_gpus = torch.cuda.device_count()
+
+    def launch(item):
+        i, (cfg, run_id) = item
+        device = f"cuda:{i % n_gpus}" if n_gpus and cfg.device in ("auto", "cuda") else cfg.device
+        args = [sys.executable, "-m", "av1_ablation", "train"]
+        for key, value in config_mod.to_params(dataclasses.replace(cfg, device=device)).items():
+            args += ["--" + key[len("cfg."):].replace("_", "-"), value]
+        env = {**os.environ, "MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": experiment_id()}
+        ok = subprocess.run(args, env=env).returncode == 0
+        if not ok and MlflowClient().get_run(run_id).info.status == "RUNNING":
+            MlflowClient().set_terminated(run_id, "FAILED")
+        return None if ok else f"{cfg.loss_type}-seed{cfg.seed}"
+
+    with tracking_server_for_workers():
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            results = list(pool.map(launch, enumerate(child_ids.items())))
+    return [r for r in results if r]
+
+
+@contextmanager
+def tracking_server_for_workers():
+    """Route the workers' writes through one local ``mlflow server`` when the store is a
+    local database file; remote (http) stores already serialise writes."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:"):
+        yield uri
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise UserError(f"could not start a local tracking server for --jobs "
+                                    f"(mlflow server on {url}); use --jobs 1") from None
+                time.sleep(0.5)
+        saved = os.environ.get("MLFLOW_TRACKING_URI")
+        os.environ["MLFLOW_TRACKING_URI"] = url
+        try:
+            yield url
+        finally:
+            if saved is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = saved
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def summarise(parent_id: str, child_ids: list[str]) -> None:
+    """Log each loss's mean test macro-F1 on the parent and tag the best child run."""
+    client = MlflowClient()
+    by_loss: dict[str, list[tuple[float, str]]] = {}
+    for rid in child_ids:
+        run = client.get_run(rid)
+        if run.info.status == "FINISHED" and "test_macro_f1" in run.data.metrics:
+            by_loss.setdefault(run.data.params["cfg.loss_type"], []).append(
+                (run.data.metrics["test_macro_f1"], rid))
+    if not by_loss:
+        return
+    means = {loss: float(np.mean([s for s, _ in v])) for loss, v in by_loss.items()}
+    mlflow.log_metrics({f"mean_test_macro_f1.{loss}": m for loss, m in means.items()})
+    best_loss = max(means, key=means.get)
+    mlflow.set_tags({"av1.best_loss": best_loss,
+                     "best_run": max(by_loss[best_loss])[1]})

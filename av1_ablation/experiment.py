@@ -1,0 +1,73 @@
+"""What every training command needs before its loop: device, data, split, their tags."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from av1_ablation.errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name!r} but no CUDA device is available; use device=cpu or auto")
+    return device
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """A data set, its split, and the block indices of one stage's label space."""
+
+    store: object  # av1_ablation.dataset.BlockStore
+    split: object  # av1_ablation.dataset.Split
+    index: dict[str, np.ndarray]  # split name -> block indices into the store
+    targets: dict[str, np.ndarray]  # split name -> class targets of those blocks
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "av1.dataset_fingerprint": self.store.fingerprint,
+            "av1.dataset_path": str(self.store.path),
+            "av1.split_fingerprint": self.split.fingerprint,
+            **({"av1.split_note": self.split.note} if self.split.note else {}),
+        }
+
+    def sizes(self) -> dict[str, int]:
+        return {f"n_{name}": len(idx) for name, idx in self.index.items()}
+
+
+def load_split_data(cfg, to_target) -> SplitData:
+    """Load ``cfg.data`` (building the embedded default on first use), split it, and keep
+    the blocks that ``to_target`` maps to a class (targets < 0 are dropped)."""
+    from av1_ablation.dataset import ensure_dataset, load_store, make_split
+
+    store = load_store(ensure_dataset(cfg.data or None))
+    return select(store, make_split(store, mode=cfg.split_mode, seed=cfg.split_seed), to_target)
+
+
+def select(store, split, to_target) -> SplitData:
+    """The blocks of each split that ``to_target`` maps to a class of this stage."""
+    index, targets = {}, {}
+    for name in ("train", "val", "test"):
+        idx = np.asarray(getattr(split, name), dtype=np.int64)
+        y = to_target(store.labels[idx])
+        index[name], targets[name] = idx[y >= 0], y[y >= 0]
+    for name in ("train", "val"):
+        if len(index[name]) == 0:
+            raise UserError(f"the {name} split of {store.path} has no blocks for this stage; "
+                            "build a larger data set (more sources) with `av1-ablation dataset`")
+    return SplitData(store, split, index, targets)
+
+
+def log_dataset_input(data: SplitData) -> None:
+    """Record the data set as an MLflow dataset input (digest = manifest fingerprint)."""
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    dataset = MetaDataset(LocalArtifactDatasetSource(str(data.store.path)),
+                          name=data.store.path.name, digest=data.store.fingerprint[:16])
+    mlflow.log_input(dataset, context="training")

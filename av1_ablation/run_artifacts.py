@@ -1,0 +1,65 @@
+"""What a training run leaves behind besides metrics: predictions, figures, checkpoints."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from av1_ablation.metrics import CLASS_KEYS  # noqa: E402
+
+PREDICTION_COLUMNS = ("block_index", "y_true", "y_pred", *(f"p_{k}" for k in CLASS_KEYS))
+
+
+def log_predictions(split_name: str, block_index: np.ndarray, y_true: np.ndarray,
+                    proba: np.ndarray) -> None:
+    """``predictions/<split>.csv``: one row per block, sorted by its index in the data set."""
+    order = np.argsort(block_index, kind="stable")
+    table = np.column_stack([block_index[order], y_true[order], proba[order].argmax(1), proba[order]])
+    fmt = ["%d", "%d", "%d"] + ["%.6f"] * proba.shape[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{split_name}.csv"
+        np.savetxt(path, table, fmt=fmt, delimiter=",", header=",".join(PREDICTION_COLUMNS),
+                   comments="")
+        mlflow.log_artifact(str(path), artifact_path="predictions")
+
+
+def log_torch(obj, artifact_path: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_path).name
+        torch.save(obj, path)
+        mlflow.log_artifact(str(path), artifact_path=str(Path(artifact_path).parent))
+
+
+def log_json(obj, artifact_file: str) -> None:
+    mlflow.log_text(json.dumps(obj, indent=2, sort_keys=True, default=float), artifact_file)
+
+
+def log_figure(fig, artifact_file: str) -> None:
+    mlflow.log_figure(fig, artifact_file)
+    plt.close(fig)
+
+
+def learning_curve_figure(history: list[dict], *, score_key: str, title: str):
+    """Train/val loss and the validation selection score per epoch."""
+    epochs = np.arange(1, len(history) + 1)
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_loss.plot(epochs, [m["train_loss"] for m in history], marker="o", label="train")
+    ax_loss.plot(epochs, [m["val_loss"] for m in history], marker="o", label="val")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_loss.legend()
+    ax_score.plot(epochs, [m[score_key] for m in history], marker="o", color="tab:green")
+    best = int(np.argmax([m[score_key] for m in history]))
+    ax_score.axvline(best + 1, color="grey", linestyle=":", label=f"selected epoch {best + 1}")
+    ax_score.set(xlabel="epoch", ylabel=score_key, title=score_key)
+    ax_score.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

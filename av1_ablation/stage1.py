@@ -1,0 +1,195 @@
+"""``stage1``: the Stage-1 model (NONE vs partitioned) whose backbone Stage 2 freezes.
+
+    av1-ablation stage1 --preset cpu
+    mlflow run . -e stage1
+
+Also resolves the ``stage1`` parameter of Stage-2 training: a run id, a
+checkpoint path (ours or the original pipeline's), or ``auto`` (the newest
+FINISHED Stage-1 run for the same data set, split and width; one is trained
+first if there is none).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow.tracking import MlflowClient
+
+from av1_ablation import config as config_mod
+from av1_ablation.config import STAGE1_PRESETS, Stage1Config
+from av1_ablation.errors import UserError
+from av1_ablation.experiment import SplitData, load_split_data, log_dataset_input, resolve_device, select
+from av1_ablation.losses import BinaryFocalLoss
+from av1_ablation.metrics import binary_metrics
+from av1_ablation.models import Backbone, Stage1Model, count_parameters, load_stage1_backbone
+from av1_ablation.partitions import to_stage1
+from av1_ablation.run_artifacts import learning_curve_figure, log_figure, log_json, log_torch
+from av1_ablation.tensors import DeviceBlocks
+from av1_ablation.tracking import (environment_tags, experiment_id, fail_pending_run,
+                                   log_new_params, tracked_run)
+from av1_ablation.training import fit, predict, set_determinism
+
+SCORE = "val_f1"
+CHECKPOINT = "checkpoint/model.pt"
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def configure(parser) -> None:
+    from av1_ablation.stage2 import add_config_arguments
+
+    add_config_arguments(parser, Stage1Config)
+
+
+def run(args) -> int:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Stage1Config)}
+    try:
+        cfg = config_mod.resolve(Stage1Config, overrides, STAGE1_PRESETS)
+        data = load_split_data(cfg, to_stage1)
+    except UserError as exc:
+        fail_pending_run(str(exc))
+        raise
+    run_id = train_stage1(cfg, data)
+    print(f"Stage-1 run {run_id} finished")
+    return 0
+
+
+def train_stage1(cfg: Stage1Config, data: SplitData, *, run_id: str | None = None,
+                 tags: dict | None = None) -> str:
+    device = resolve_device(cfg.device)
+    tags = {**data.tags(), **environment_tags(device), **(tags or {})}
+    nested = mlflow.active_run() is not None
+    with tracked_run(kind="stage1", run_id=run_id, run_name="stage1", tags=tags, nested=nested) as run:
+        log_new_params({**config_mod.to_params(cfg), **{f"data.{k}": v for k, v in data.sizes().items()}})
+        log_dataset_input(data)
+        set_determinism(cfg.seed)
+        model = Stage1Model(cfg.width).to(device)
+        mlflow.log_metrics({f"{k}_params": v for k, v in count_parameters(model).items()})
+        criterion = BinaryFocalLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs,
+                                                               eta_min=cfg.lr_min)
+        splits = {k: DeviceBlocks(data.store.blocks[idx], data.targets[k], device)
+                  for k, idx in data.index.items()}
+
+        def binary_criterion(logits, y):
+            return criterion(logits, y.float())
+
+        def evaluate_split(name):
+            s = splits[name]
+            logits = predict(model, s.inputs, len(s), cfg.eval_batch_size)
+            y = s.targets.cpu()
+            return logits, y.numpy(), float(binary_criterion(logits, y))
+
+        def evaluate():
+            logits, y, loss = evaluate_split("val")
+            return {"val_loss": loss, **binary_metrics(y, torch.sigmoid(logits).numpy(), prefix="val_")}
+
+        history = fit(model, model, splits["train"], splits["train"].inputs, evaluate,
+                      binary_criterion, optimizer, scheduler, cfg, score_key=SCORE,
+                      on_epoch=lambda h, m: mlflow.log_metrics(m, step=h.epoch))
+        model.load_state_dict(history.best_state)
+        model.eval()
+        final = {"best_epoch": history.best_epoch, "epochs_run": history.epoch,
+                 "best_val_f1": history.best_score,
+                 "train_seconds": sum(m["epoch_seconds"] for m in history.metrics)}
+        for name in ("val", "test"):
+            if len(splits[name]):
+                logits, y, _ = evaluate_split(name)
+                final.update(binary_metrics(y, torch.sigmoid(logits).numpy(), prefix=f"{name}_"))
+        mlflow.log_metrics(final)
+        log_figure(learning_curve_figure(history.metrics, score_key=SCORE, title="Stage 1"),
+                   "figures/learning_curves.png")
+        log_json({"config": dataclasses.asdict(cfg), "final": final, "epochs": history.metrics},
+                 "metrics.json")
+        log_torch({"kind": "stage1", "config": dataclasses.asdict(cfg), "epoch": history.best_epoch,
+                   "model_state_dict": history.best_state}, CHECKPOINT)
+        return run.info.run_id
+
+
+@dataclass(frozen=True)
+class Stage1Ref:
+    """Where a Stage-2 run's frozen backbone comes from."""
+
+    run_id: str | None
+    source: str
+    checkpoint: Path
+
+    def backbone(self, width: float) -> Backbone:
+        backbone = load_stage1_backbone(self.checkpoint)
+        if backbone.width != float(width):
+            raise UserError(f"stage1={self.source} has width {backbone.width}, but this run uses "
+                            f"width {width}; pass a Stage-1 checkpoint of the same width or stage1=auto")
+        return backbone
+
+
+def resolve_stage1(spec: str, *, data: SplitData, width: float, device: str,
+                   preset: str = "auto") -> Stage1Ref:
+    """Turn the ``stage1`` parameter into a checkpoint (training one for ``auto`` if needed)."""
+    spec = str(spec).strip()
+    if spec == "auto":
+        run_id = find_stage1_run(data, width, preset) or train_stage1_for(data, width, device, preset)
+        return _from_run(run_id)
+    if RUN_ID.match(spec) and not Path(spec).exists():
+        return _from_run(spec)
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise UserError(f"stage1={spec!r} is neither 'auto', an MLflow run id, nor an existing "
+                        "checkpoint file")
+    return Stage1Ref(None, str(path.resolve()), path)
+
+
+def find_stage1_run(data: SplitData, width: float, preset: str) -> str | None:
+    """The newest FINISHED Stage-1 run for this data set, split, width and preset (a one-epoch
+    ``smoke`` backbone must never stand in for a real one)."""
+    preset = _stage1_preset(preset, width)
+    runs = MlflowClient().search_runs(
+        [experiment_id()],
+        filter_string=(f"tags.`av1.kind` = 'stage1' and attributes.status = 'FINISHED' and "
+                       f"tags.`av1.dataset_fingerprint` = '{data.store.fingerprint}' and "
+                       f"tags.`av1.split_fingerprint` = '{data.split.fingerprint}' and "
+                       f"params.`cfg.width` = '{float(width)}' and params.`cfg.preset` = '{preset}'"),
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def train_stage1_for(data: SplitData, width: float, device: str, preset: str) -> str:
+    """Train the Stage-1 model that ``stage1=auto`` asked for, as a run of its own, with
+    the Stage-1 preset of the same name as the Stage-2 run's."""
+    preset = _stage1_preset(preset, width)
+    cfg = config_mod.resolve(Stage1Config, {"preset": preset, "width": width, "device": device,
+                                            "data": str(data.store.path),
+                                            "split_mode": data.split.params.get("mode", "source"),
+                                            "split_seed": data.split.params.get("seed", 0)},
+                             STAGE1_PRESETS)
+    print(f"stage1=auto: no Stage-1 run for this data set, split and width {width}; training one "
+          f"(preset {preset}, {cfg.epochs} epochs)")
+    run = MlflowClient().create_run(experiment_id(), run_name="stage1")
+    stage1_data = select(data.store, data.split, to_stage1)
+    return train_stage1(cfg, stage1_data, run_id=run.info.run_id, tags={"av1.trained_for": "stage1=auto"})
+
+
+def _stage1_preset(preset: str, width: float) -> str:
+    if preset in STAGE1_PRESETS:
+        return preset
+    return "paper" if float(width) == 1.0 else "cpu"
+
+
+def _from_run(run_id: str) -> Stage1Ref:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise UserError(f"stage1={run_id}: no such run in {mlflow.get_tracking_uri()}") from None
+    if run.data.tags.get("av1.kind") != "stage1" or run.info.status != "FINISHED":
+        raise UserError(f"stage1={run_id} is not a FINISHED Stage-1 run (kind "
+                        f"{run.data.tags.get('av1.kind')}, status {run.info.status})")
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT)
+    return Stage1Ref(run_id, f"run {run_id}", Path(path))
+
+
+__all__ = ["Stage1Ref", "resolve_stage1", "train_stage1", "find_stage1_run"]

@@ -1,0 +1,237 @@
+"""``train`` (and ``main``): Stage-2 training of one loss arm, recorded in MLflow.
+
+    av1-ablation train --loss-type asymmetric --seed 43
+    mlflow run . -P loss_type=asymmetric
+
+The run ends FINISHED with test metrics, predictions, figures and the selected
+checkpoint; FAILED with the reason (non-finite loss, bad input); or KILLED
+with a resume point (``--resume RUN_ID`` continues it to the same result).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+
+import mlflow
+import numpy as np
+import torch
+
+from av1_ablation import config as config_mod
+from av1_ablation.config import STAGE2_PRESETS, Stage2Config
+from av1_ablation.errors import UserError
+from av1_ablation.experiment import load_split_data, log_dataset_input, resolve_device
+from av1_ablation.losses import build_loss
+from av1_ablation.metrics import calibration_metrics, classification_metrics, confusion_figure
+from av1_ablation.models import Stage2Model, count_parameters
+from av1_ablation.partitions import STAGE2_NAMES, to_stage2
+from av1_ablation.run_artifacts import (learning_curve_figure, log_figure, log_json,
+                                        log_predictions, log_torch)
+from av1_ablation.tensors import N_DIHEDRAL, DeviceBlocks, dihedral
+from av1_ablation.tracking import (environment_tags, fail_pending_run, log_new_params,
+                                   tracked_run)
+from av1_ablation.training import History, NonFiniteLoss, fit, predict, set_determinism
+
+SCORE = "val_macro_f1"
+LAST_CHECKPOINT = "checkpoint/last.pt"
+BEST_CHECKPOINT = "checkpoint/model.pt"
+
+
+def configure(parser) -> None:
+    add_config_arguments(parser, Stage2Config)
+    parser.add_argument("--resume", metavar="RUN_ID", default=None,
+                        help="continue a KILLED run from its last completed epoch")
+
+
+def add_config_arguments(parser, cls) -> None:
+    """One ``--field-name`` option per configuration field (default: the preset's value)."""
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
+                            help=f"default: the preset's value ({f.default if not isinstance(f.default, tuple) else ','.join(f.default)} in 'paper')")
+
+
+def run(args) -> int:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Stage2Config)}
+    try:
+        if args.resume:
+            cfg, resume_state = load_resume_point(args.resume)
+        else:
+            cfg, resume_state = config_mod.resolve(Stage2Config, overrides, STAGE2_PRESETS), None
+    except UserError as exc:
+        fail_pending_run(str(exc))
+        raise
+    run_id = train_stage2(cfg, resume=(args.resume, resume_state) if args.resume else None)
+    print(f"Stage-2 run {run_id} finished ({cfg.loss_type}, seed {cfg.seed})")
+    return 0
+
+
+def train_stage2(cfg: Stage2Config, *, run_id: str | None = None, run_name: str | None = None,
+                 resume: tuple[str, dict] | None = None, stage1_run_id: str | None = None) -> str:
+    """Train one arm and record it; returns the run id. ``stage1_run_id`` skips the Stage-1
+    lookup (the ablation resolves it once for all its children)."""
+    from av1_ablation.stage1 import resolve_stage1
+
+    try:
+        device = resolve_device(cfg.device)
+        data = load_split_data(cfg, to_stage2)
+        stage1 = resolve_stage1(stage1_run_id or cfg.stage1, data=data, width=cfg.width,
+                                device=cfg.device, preset=cfg.preset)
+    except UserError as exc:
+        fail_pending_run(str(exc))
+        raise
+    if resume is not None:
+        run_id = resume[0]
+    state = {"resume_point": None}  # filled after every epoch, logged if interrupted
+
+    def log_resume_point():
+        if state["resume_point"] is not None:
+            log_torch(state["resume_point"], LAST_CHECKPOINT)
+
+    tags = {**data.tags(), **environment_tags(device), "av1.stage1_run_id": stage1.run_id or "",
+            "av1.stage1_source": stage1.source, "av1.loss_type": cfg.loss_type}
+    name = run_name or f"{cfg.loss_type}-seed{cfg.seed}"
+    with tracked_run(kind="stage2", run_id=run_id, run_name=name, tags=tags,
+                     on_interrupt=log_resume_point) as run:
+        if resume is None:
+            log_new_params({"loss_type": cfg.loss_type, "seed": str(cfg.seed),
+                            **config_mod.to_params(cfg), **{f"data.{k}": v for k, v in data.sizes().items()}})
+            log_dataset_input(data)
+        set_determinism(cfg.seed)
+        model = Stage2Model(stage1.backbone(cfg.width), width=cfg.width,
+                            adapter_layers=cfg.adapter_layers,
+                            adapter_reduction=cfg.adapter_reduction).to(device)
+        counts = np.bincount(data.targets["train"], minlength=len(STAGE2_NAMES)).tolist()
+        criterion = build_loss(cfg.loss_type, counts, beta=cfg.cb_beta).to(device)
+        groups = model.parameter_groups()
+        optimizer = torch.optim.AdamW(
+            [{"params": groups["adapter"], "lr": cfg.lr_adapter, "name": "adapter"},
+             {"params": groups["head"], "lr": cfg.lr_head, "name": "head"}],
+            weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+        history = None
+        if resume is not None:
+            history = restore(resume[1], model, optimizer, scheduler)
+        else:
+            mlflow.log_metrics({f"{k}_params": v for k, v in count_parameters(model).items()})
+
+        splits = {k: DeviceBlocks(data.store.blocks[idx], data.targets[k], device)
+                  for k, idx in data.index.items()}
+        t0 = time.perf_counter()
+        features = {k: prefix_features(model, s, cfg.augment and k == "train", cfg.eval_batch_size)
+                    for k, s in splits.items()}
+        mlflow.log_metric("prefix_cache_seconds", time.perf_counter() - t0)
+
+        def train_inputs(idx, variants):
+            cache = features["train"]
+            return cache[0][idx] if variants is None else cache[variants, idx]
+
+        def evaluate_split(name):
+            logits = predict(model.forward_from_prefix, lambda i: features[name][0][i],
+                             len(splits[name]), cfg.eval_batch_size)
+            y = splits[name].targets.cpu()
+            loss = float(criterion(logits.to(device), y.to(device)))
+            return logits, y.numpy(), loss
+
+        def evaluate():
+            logits, y, loss = evaluate_split("val")
+            return {"val_loss": loss, **classification_metrics(y, logits.argmax(1).numpy(), prefix="val_")}
+
+        def on_epoch(hist: History, metrics: dict):
+            mlflow.log_metrics(metrics, step=hist.epoch)
+            state["resume_point"] = resume_point(cfg, model, optimizer, scheduler, hist)
+
+        try:
+            history = fit(model, model.forward_from_prefix, splits["train"], train_inputs, evaluate,
+                          criterion, optimizer, scheduler, cfg, score_key=SCORE, history=history,
+                          on_epoch=on_epoch)
+        except NonFiniteLoss as exc:
+            mlflow.set_tags({"av1.failure_epoch": str(exc.epoch), "av1.failure_step": str(exc.step)})
+            raise
+        train_seconds = sum(m["epoch_seconds"] for m in history.metrics)
+        model.load_state_dict(history.best_state)
+        model.eval()
+        final = {"best_epoch": history.best_epoch, "epochs_run": history.epoch,
+                 "stopped_early": int(history.stopped_early), "best_val_macro_f1": history.best_score,
+                 "train_seconds": train_seconds,
+                 "train_blocks_per_s": float(np.mean([m["train_blocks_per_s"] for m in history.metrics]))}
+        for name in ("val", "test"):
+            if len(splits[name]) == 0:
+                continue
+            logits, y, loss = evaluate_split(name)
+            proba = torch.softmax(logits.double(), 1).numpy()
+            pred = proba.argmax(1)
+            final[f"{name}_loss"] = loss
+            final.update(classification_metrics(y, pred, prefix=f"{name}_"))
+            final.update(calibration_metrics(y, proba, prefix=f"{name}_"))
+            log_predictions(name, data.index[name], y, proba)
+            log_figure(confusion_figure(y, pred, title=f"{name}, epoch {history.best_epoch}"),
+                       f"figures/confusion_{name}.png")
+        # the selected checkpoint's val figures replace the last epoch's in run.data.metrics
+        mlflow.log_metrics(final)
+        log_figure(learning_curve_figure(history.metrics, score_key=SCORE,
+                                         title=f"{cfg.loss_type}, seed {cfg.seed}"),
+                   "figures/learning_curves.png")
+        log_json({"config": dataclasses.asdict(cfg), "final": final, "epochs": history.metrics},
+                 "metrics.json")
+        log_torch({"kind": "stage2", "config": dataclasses.asdict(cfg), "epoch": history.best_epoch,
+                   "state_dict": history.best_state, "class_names": list(STAGE2_NAMES),
+                   "dataset_fingerprint": data.store.fingerprint,
+                   "split_fingerprint": data.split.fingerprint}, BEST_CHECKPOINT)
+        return run.info.run_id
+
+
+@torch.no_grad()
+def prefix_features(model: Stage2Model, blocks: DeviceBlocks, all_variants: bool,
+                    batch_size: int) -> torch.Tensor:
+    """The frozen prefix's output for every block, (variants, N, C, H, W).
+
+    Exact: the prefix has frozen weights and BatchNorm in eval mode, so its output
+    depends on the block alone.
+    """
+    model.eval()
+    variants = range(N_DIHEDRAL) if all_variants else range(1)
+    out = []
+    for v in variants:
+        chunks = [model.frozen_prefix(dihedral(blocks.inputs(torch.arange(i, min(i + batch_size, len(blocks)),
+                                                                          device=blocks.device)), v))
+                  for i in range(0, len(blocks), batch_size)]
+        out.append(torch.cat(chunks) if chunks else torch.empty(0, device=blocks.device))
+    return torch.stack(out)
+
+
+def resume_point(cfg, model, optimizer, scheduler, history: History) -> dict:
+    return {"config": dataclasses.asdict(cfg), "model": copy.deepcopy(model.state_dict()),
+            "optimizer": copy.deepcopy(optimizer.state_dict()), "scheduler": scheduler.state_dict(),
+            "history": dataclasses.asdict(history)}
+
+
+def restore(point: dict, model, optimizer, scheduler) -> History:
+    model.load_state_dict(point["model"])
+    optimizer.load_state_dict(point["optimizer"])
+    scheduler.load_state_dict(point["scheduler"])
+    return History(**point["history"])
+
+
+def load_resume_point(run_id: str) -> tuple[Stage2Config, dict]:
+    """The configuration and last completed epoch of a KILLED Stage-2 run."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise UserError(f"resume={run_id}: no such run in {mlflow.get_tracking_uri()}") from None
+    if run.data.tags.get("av1.kind") != "stage2":
+        raise UserError(f"resume={run_id} is not a Stage-2 training run")
+    if run.info.status == "FINISHED":
+        raise UserError(f"resume={run_id} already FINISHED; nothing to resume")
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=LAST_CHECKPOINT)
+    except Exception:
+        raise UserError(f"resume={run_id} has no {LAST_CHECKPOINT} (it stopped before its first "
+                        "epoch ended); start a new run instead") from None
+    point = torch.load(path, map_location="cpu", weights_only=False)
+    return config_mod.from_dict(Stage2Config, point["config"]), point

@@ -1,0 +1,203 @@
+"""Stage-1/Stage-2 training recorded in MLflow, on a tiny real data set (real encodes, real training)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from av1_ablation.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = ["--preset", "smoke", "--batch-size", "16"]
+
+
+def client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient()
+
+
+def stage2_runs(experiment_id, status=None):
+    flt = "tags.`av1.kind` = 'stage2'" + (f" and attributes.status = '{status}'" if status else "")
+    return client().search_runs([experiment_id], filter_string=flt)
+
+
+def train(tiny_dataset, *extra):
+    return main(["train", "--data", str(tiny_dataset), *SMOKE, *extra])
+
+
+def test_normalisation_happens_once():
+    from av1_ablation.tensors import DeviceBlocks
+
+    blocks = np.array([[[0, 1023] * 8] * 16], dtype=np.uint16)
+    x = DeviceBlocks(blocks, np.array([1]), torch.device("cpu")).inputs(torch.tensor([0]))
+    assert x.shape == (1, 1, 16, 16) and x.dtype == torch.float32
+    assert torch.equal(x[0, 0], torch.from_numpy(blocks[0].astype(np.float32)) / 1023.0)
+    assert float(x.max()) == 1.0  # divided by 1023 once, not twice (the original's slip)
+
+
+def test_dihedral_variants_are_the_eight_symmetries():
+    from av1_ablation.tensors import dihedral
+
+    x = torch.arange(16.0).reshape(1, 4, 4)
+    images = {tuple(dihedral(x, v).flatten().tolist()) for v in range(8)}
+    assert len(images) == 8
+
+
+def test_train_run_records_contract(tiny_dataset, tracking_store):
+    _, exp = tracking_store
+    assert train(tiny_dataset, "--loss-type", "poly", "--epochs", "2", "--patience", "5") == 0
+    (run,) = stage2_runs(exp, "FINISHED")
+    stage1 = client().get_run(run.data.tags["av1.stage1_run_id"])
+    assert stage1.info.status == "FINISHED" and stage1.data.tags["av1.kind"] == "stage1"
+    assert run.data.params["cfg.loss_type"] == "poly" and run.data.params["cfg.epochs"] == "2"
+    history = client().get_metric_history(run.info.run_id, "val_macro_f1")
+    assert [m.step for m in history][:2] == [1, 2]
+    for key in ("train_loss", "val_loss", "val_accuracy", "val_f1_split", "val_recall_ab",
+                "test_macro_f1", "test_f1_rect", "test_ece", "test_nll", "test_brier",
+                "best_epoch", "epochs_run", "trainable_params", "train_blocks_per_s"):
+        assert key in run.data.metrics, key
+    assert run.data.metrics["trainable_params"] < run.data.metrics["total_params"]
+    for tag in ("av1.dataset_fingerprint", "av1.split_fingerprint", "av1.device", "av1.torch"):
+        assert run.data.tags[tag]
+    files = {f.path for d in ("predictions", "figures", "checkpoint")
+             for f in client().list_artifacts(run.info.run_id, d)}
+    assert {"predictions/val.csv", "predictions/test.csv", "figures/confusion_test.png",
+            "figures/learning_curves.png", "checkpoint/model.pt"} <= files
+    import mlflow
+
+    ckpt = torch.load(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                          artifact_path="checkpoint/model.pt"),
+                      weights_only=False)
+    assert ckpt["config"]["loss_type"] == "poly"
+    preds = np.loadtxt(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                           artifact_path="predictions/test.csv"),
+                       delimiter=",", skiprows=1)
+    assert np.allclose(preds[:, 3:].sum(1), 1, atol=1e-4)
+    # per-class test figures come from the selected checkpoint's predictions
+    from av1_ablation.metrics import classification_metrics
+
+    again = classification_metrics(preds[:, 1].astype(int), preds[:, 2].astype(int), prefix="test_")
+    assert again["test_macro_f1"] == pytest.approx(run.data.metrics["test_macro_f1"])
+
+
+def test_same_seed_same_metrics(tiny_dataset, tracking_store):
+    _, exp = tracking_store
+    for _ in range(2):
+        assert train(tiny_dataset, "--loss-type", "asymmetric", "--epochs", "2") == 0
+    a, b = stage2_runs(exp, "FINISHED")
+    keys = [k for k in a.data.metrics if k.startswith(("val_", "test_", "train_loss"))]
+    assert {k: a.data.metrics[k] for k in keys} == {k: b.data.metrics[k] for k in keys}
+    # the second run reused the first run's Stage-1 model
+    assert a.data.tags["av1.stage1_run_id"] == b.data.tags["av1.stage1_run_id"]
+
+
+def test_non_finite_loss_fails_the_run(tiny_dataset, tracking_store):
+    _, exp = tracking_store
+    with pytest.raises(Exception, match="non-finite"):
+        train(tiny_dataset, "--lr-head", "1e38", "--lr-adapter", "1e38", "--epochs", "3")
+    (run,) = stage2_runs(exp)
+    assert run.info.status == "FAILED"
+    assert "non-finite" in run.data.tags["av1.failure_reason"]
+    assert int(run.data.tags["av1.failure_epoch"]) >= 1
+
+
+def test_invalid_parameters_create_no_run(tiny_dataset, tracking_store, capsys):
+    _, exp = tracking_store
+    assert train(tiny_dataset, "--loss-type", "focal") == 2
+    assert "loss_type='focal' is not one of baseline" in capsys.readouterr().err
+    assert train(tiny_dataset, "--epochs", "zero") == 2
+    assert stage2_runs(exp) == []
+
+
+@pytest.mark.slow
+def test_interrupt_then_resume_matches_uninterrupted(tiny_dataset, tracking_store):
+    uri, exp = tracking_store
+    args = [sys.executable, "-m", "av1_ablation", "train", "--data", str(tiny_dataset), *SMOKE,
+            "--epochs", "4", "--patience", "10", "--loss-type", "focal_smoothing"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    assert subprocess.run(args, env=env, capture_output=True).returncode == 0
+    (reference,) = stage2_runs(exp, "FINISHED")
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        running = [r for r in stage2_runs(exp, "RUNNING")
+                   if client().get_metric_history(r.info.run_id, "val_macro_f1")]
+        if running:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    (killed,) = stage2_runs(exp, "KILLED")
+    assert "signal" in killed.data.tags["av1.failure_reason"]
+    assert main(["train", "--resume", killed.info.run_id]) == 0
+    resumed = client().get_run(killed.info.run_id)
+    assert resumed.info.status == "FINISHED"
+    for key in ("test_macro_f1", "best_val_macro_f1", "best_epoch", "test_nll"):
+        assert resumed.data.metrics[key] == reference.data.metrics[key], key
+
+
+@pytest.mark.slow
+def test_ablation_nests_children_and_skips_finished_on_rerun(tiny_dataset, tracking_store):
+    _, exp = tracking_store
+    argv = ["ablation", "--losses", "baseline,poly", "--seeds", "1,2", "--data", str(tiny_dataset),
+            *SMOKE]
+    assert main(argv) == 0
+    parents = client().search_runs([exp], "tags.`av1.kind` = 'ablation'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = client().search_runs([exp], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
+    assert sorted((r.data.params["cfg.loss_type"], r.data.params["cfg.seed"]) for r in children) == [
+        ("baseline", "1"), ("baseline", "2"), ("poly", "1"), ("poly", "2")]
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert main(argv) == 0
+    assert len(stage2_runs(exp)) == 4  # nothing retrained
+    newest = client().search_runs([exp], "tags.`av1.kind` = 'ablation'",
+                                  order_by=["attributes.start_time DESC"])[0]
+    assert sorted(newest.data.tags["av1.children"].split(",")) == sorted(r.info.run_id for r in children)
+
+
+@pytest.mark.slow
+def test_parallel_children_are_all_recorded(tiny_dataset, tracking_store):
+    _, exp = tracking_store
+    assert main(["ablation", "--losses", "baseline", "--seeds", "5,6", "--jobs", "2",
+                 "--data", str(tiny_dataset), *SMOKE]) == 0
+    runs = stage2_runs(exp, "FINISHED")
+    assert sorted(r.data.params["cfg.seed"] for r in runs) == ["5", "6"]
+    assert all(client().get_metric_history(r.info.run_id, "val_macro_f1") for r in runs)
+
+
+@pytest.mark.slow
+def test_mlflow_run_main_entry_point(tiny_dataset, tracking_store):
+    import mlflow
+
+    _, exp = tracking_store
+    submitted = mlflow.projects.run(
+        str(REPO), "main", env_manager="local", experiment_id=exp,
+        parameters={"loss_type": "asymmetric", "data": str(tiny_dataset), "preset": "smoke",
+                    "batch_size": "16"})
+    run = client().get_run(submitted.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["loss_type"] == "asymmetric" and run.data.params["cfg.loss_type"] == "asymmetric"
+    assert run.data.tags["mlflow.project.entryPoint"] == "main"
+    assert "test_macro_f1" in run.data.metrics
+
+
+@pytest.mark.slow
+def test_mlflow_run_with_bad_parameter_is_marked_failed(tiny_dataset, tracking_store):
+    import mlflow
+    from mlflow.exceptions import ExecutionException
+
+    _, exp = tracking_store
+    with pytest.raises(ExecutionException):
+        mlflow.projects.run(str(REPO), "main", env_manager="local", experiment_id=exp,
+                            parameters={"loss_type": "nope", "data": str(tiny_dataset)})
+    (run,) = client().search_runs([exp])
+    assert run.info.status == "FAILED"
+    assert "loss_type='nope'" in run.data.tags["av1.failure_reason"]
