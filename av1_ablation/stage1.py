@@ -25,7 +25,8 @@ from av1_ablation.errors import UserError
 from av1_ablation.experiment import SplitData, load_split_data, log_dataset_input, resolve_device, select
 from av1_ablation.losses import BinaryFocalLoss
 from av1_ablation.metrics import binary_metrics
-from av1_ablation.models import Backbone, Stage1Model, count_parameters, load_stage1_backbone
+from av1_ablation.models import (Backbone, Stage1Model, count_parameters, load_stage1_backbone,
+                                 scaled_channels)
 from av1_ablation.partitions import to_stage1
 from av1_ablation.run_artifacts import learning_curve_figure, log_figure, log_json, log_torch
 from av1_ablation.tensors import DeviceBlocks
@@ -120,7 +121,7 @@ class Stage1Ref:
 
     def backbone(self, width: float) -> Backbone:
         backbone = load_stage1_backbone(self.checkpoint)
-        if backbone.width != float(width):
+        if scaled_channels(backbone.width) != scaled_channels(float(width)):
             raise UserError(f"stage1={self.source} has width {backbone.width}, but this run uses "
                             f"width {width}; pass a Stage-1 checkpoint of the same width or stage1=auto")
         return backbone

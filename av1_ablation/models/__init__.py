@@ -1,0 +1,32 @@
+"""Stage models: backbone, Stage-1 and Stage-2 classifiers, checkpoint loading."""
+from av1_ablation.models.backbone import STAGES, Backbone, BasicBlock, SEBlock, SpatialAttention, scaled_channels
+from av1_ablation.models.checkpoints import load_stage1_backbone, load_stage1_model, read_state_dict
+from av1_ablation.models.fastconv import FastConv2d, set_fast_paths
+from av1_ablation.models.stages import (
+    ConvAdapter,
+    Stage1Head,
+    Stage1Model,
+    Stage2Head,
+    Stage2Model,
+    count_parameters,
+)
+
+__all__ = [
+    "STAGES",
+    "Backbone",
+    "BasicBlock",
+    "ConvAdapter",
+    "FastConv2d",
+    "SEBlock",
+    "SpatialAttention",
+    "Stage1Head",
+    "Stage1Model",
+    "Stage2Head",
+    "Stage2Model",
+    "count_parameters",
+    "load_stage1_backbone",
+    "load_stage1_model",
+    "read_state_dict",
+    "scaled_channels",
+    "set_fast_paths",
+]

@@ -1,0 +1,114 @@
+"""Reading Stage-1 checkpoints: the original pipeline's and ours.
+
+Accepted layouts (all written with ``torch.save``):
+
+- ``{"model_state_dict": {...}, "epoch": ..., ...}``: the original research
+  repository chiarorosa/cnn-av1-research (v6/v7) and this project;
+- ``{"model_state": {...}, ...}``: its older v5 scripts;
+- a bare state dict.
+
+The state dict's ``backbone.*`` keys must match :class:`Backbone` exactly
+(strict loading); the width is read from ``backbone.conv1.weight``. Files are
+read with ``torch.load(weights_only=True)``; numpy arrays and scalars, which
+the original stored in ``val_metrics``, are allowed, arbitrary objects are not.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from av1_ablation.errors import UserError
+from av1_ablation.models.backbone import BASE_CHANNELS, Backbone
+from av1_ablation.models.stages import Stage1Model
+
+_STATE_KEYS = ("model_state_dict", "model_state")
+
+
+def _numpy_safe_globals() -> list:
+    """numpy globals needed to unpickle arrays and scalars, under old and new module names."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    found = [np.ndarray, np.dtype]
+    for name in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        found += [(multiarray._reconstruct, f"{name}._reconstruct"), (multiarray.scalar, f"{name}.scalar")]
+    found += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return found
+
+
+def read_state_dict(source) -> dict[str, torch.Tensor]:
+    """The model state dict in a checkpoint file (or in an already loaded mapping).
+
+    Raises :class:`UserError` when the file is missing, unreadable, or holds no state dict.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.isfile(source):
+            raise UserError(f"checkpoint {os.fspath(source)!r} does not exist; pass the path of a "
+                            "Stage-1 checkpoint (.pt) written by the Stage-1 training")
+        try:
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                obj = torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle and zip errors have no common base class
+            raise UserError(
+                f"cannot read checkpoint {os.fspath(source)!r}: {exc.__class__.__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}. Only tensors, numbers, strings "
+                "and numpy arrays are loaded; re-save it as {'model_state_dict': model.state_dict()}"
+            ) from exc
+    else:
+        obj = source
+    if not isinstance(obj, Mapping):
+        raise UserError(f"checkpoint holds a {type(obj).__name__}, not a dict with a model state dict")
+    for key in _STATE_KEYS:
+        if key in obj:
+            obj = obj[key]
+            break
+    if not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"checkpoint has no model state dict: expected one of the keys {_STATE_KEYS} "
+                        "or a bare state dict of tensors")
+    return dict(obj)
+
+
+def infer_width(state: Mapping[str, torch.Tensor]) -> float:
+    """The backbone width multiplier of a state dict, from ``backbone.conv1.weight``."""
+    weight = state.get("backbone.conv1.weight")
+    if weight is None or weight.dim() != 4 or weight.shape[1] != 1:
+        raise UserError("checkpoint has no 1-channel 'backbone.conv1.weight'; it is not a Stage-1 "
+                        "checkpoint of this model family")
+    return weight.shape[0] / BASE_CHANNELS[0]
+
+
+def _load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str,
+                 optional: tuple[str, ...] = ()) -> None:
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in optional]
+    if missing or unexpected:
+        raise UserError(
+            f"checkpoint does not match the {what}: missing keys {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
+            f"{' ...' if len(unexpected) > 5 else ''}; use a Stage-1 checkpoint of this architecture"
+        )
+
+
+def load_stage1_backbone(source) -> Backbone:
+    """A :class:`Backbone` with the ``backbone.*`` weights of a Stage-1 checkpoint (strict keys)."""
+    state = read_state_dict(source)
+    backbone = Backbone(infer_width(state))
+    prefix = "backbone."
+    _load_strict(backbone, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                 "backbone")
+    return backbone
+
+
+def load_stage1_model(source) -> Stage1Model:
+    """A :class:`Stage1Model` from a Stage-1 checkpoint (strict keys).
+
+    ``head.temperature`` may be absent (the v7 head has none); it then keeps 1.5.
+    """
+    state = read_state_dict(source)
+    model = Stage1Model(infer_width(state))
+    _load_strict(model, state, "Stage-1 model", optional=("head.temperature",))
+    return model

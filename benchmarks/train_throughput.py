@@ -1,0 +1,160 @@
+"""Stage-2 training throughput: this project's loop against a loop written the seed's way.
+
+    python benchmarks/train_throughput.py --device cpu        # about a minute on 2 cores
+    python benchmarks/train_throughput.py --device cuda --width 1.0 --blocks 152600 --epochs 2
+
+The seed's way (the original research scripts): a per-sample ``Dataset`` that
+applies random flips/rotations to each block in Python, a ``DataLoader`` with
+worker processes, a ``WeightedRandomSampler``, and the plain model. This
+project's way: blocks resident on the device, sampled and augmented by index
+batches, the frozen prefix computed once per dihedral variant, and exact
+1x1-output fast paths for the convolutions. Same model, same batch size, same
+optimiser; synthetic 10-bit blocks and labels (throughput does not depend on
+them). The last line is ``speedup_vs_seed_loop=<ratio>``.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from av1_ablation.losses import build_loss  # noqa: E402
+from av1_ablation.models import Backbone, Stage2Model, set_fast_paths  # noqa: E402
+from av1_ablation.stage2 import prefix_features  # noqa: E402
+from av1_ablation.tensors import N_DIHEDRAL, DeviceBlocks, epoch_generator, epoch_order  # noqa: E402
+
+
+class SeedStyleDataset(torch.utils.data.Dataset):
+    """One block at a time, augmented with Python's random module, as the original did."""
+
+    def __init__(self, blocks, labels):
+        self.blocks, self.labels = blocks, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        x = torch.from_numpy(self.blocks[i].astype(np.float32) / 1023.0)[None]
+        if random.random() < 0.5:
+            x = torch.flip(x, dims=[2])
+        if random.random() < 0.5:
+            x = torch.flip(x, dims=[1])
+        if random.random() < 0.5:
+            x = torch.rot90(x, random.randint(0, 3), dims=[1, 2])
+        return x, int(self.labels[i])
+
+
+def make_model(width, device, fast):
+    model = Stage2Model(Backbone(width), width=width).to(device)
+    return set_fast_paths(model, fast)
+
+
+def optimiser(model):
+    groups = model.parameter_groups()
+    return torch.optim.AdamW([{"params": groups["adapter"], "lr": 1e-3},
+                              {"params": groups["head"], "lr": 1e-4}], weight_decay=0.01)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def seed_loop(blocks, labels, args, device):
+    model = make_model(args.width, device, fast=False)
+    model.train()
+    criterion = build_loss("baseline", np.bincount(labels, minlength=3)).to(device)
+    opt = optimiser(model)
+    weights = 1.0 / np.bincount(labels)[labels]
+    sampler = torch.utils.data.WeightedRandomSampler(weights, len(labels), replacement=True)
+    loader = torch.utils.data.DataLoader(SeedStyleDataset(blocks, labels), batch_size=args.batch_size,
+                                         sampler=sampler, num_workers=args.workers,
+                                         pin_memory=device.type == "cuda",
+                                         persistent_workers=args.workers > 0)
+    seen, start = 0, None
+    for epoch in range(args.epochs):
+        for step, (x, y) in enumerate(loader):
+            if start is None and step == args.warmup:
+                sync(device)
+                start, seen = time.perf_counter(), 0
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = criterion(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(y)
+    sync(device)
+    return seen / (time.perf_counter() - start)
+
+
+def project_loop(blocks, labels, args, device):
+    model = make_model(args.width, device, fast=True)
+    criterion = build_loss("baseline", np.bincount(labels, minlength=3)).to(device)
+    opt = optimiser(model)
+    data = DeviceBlocks(blocks, labels, device)
+    t0 = time.perf_counter()
+    cache = prefix_features(model, data, True, 8192)
+    sync(device)
+    cache_seconds = time.perf_counter() - t0
+    model.train()
+    seen, start = 0, None
+    for epoch in range(1, args.epochs + 1):
+        gen = epoch_generator(0, epoch)
+        order = epoch_order(data.targets, "balanced", gen)
+        variants = torch.randint(0, N_DIHEDRAL, (len(order),), generator=gen).to(device)
+        for step, i in enumerate(range(0, len(order), args.batch_size)):
+            if start is None and step == args.warmup:
+                sync(device)
+                start, seen = time.perf_counter(), 0
+            idx = order[i:i + args.batch_size]
+            loss = criterion(model.forward_from_prefix(cache[variants[i:i + args.batch_size], idx]),
+                             data.targets[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(idx)
+    sync(device)
+    return seen / (time.perf_counter() - start), cache_seconds
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--blocks", type=int, default=6000, help="training blocks per epoch")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the seed-style loop")
+    p.add_argument("--warmup", type=int, default=3, help="batches excluded from the timing")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    random.seed(0)
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 1024, size=(args.blocks, 16, 16), dtype=np.uint16)
+    labels = rng.choice(3, size=args.blocks, p=[0.157, 0.468, 0.375])
+    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, width {args.width}, "
+          f"{args.blocks} blocks x {args.epochs} epoch(s), batch {args.batch_size}")
+    seed = seed_loop(blocks, labels, args, device)
+    print(f"seed-style loop:   {seed:10.0f} blocks/s")
+    ours, cache_seconds = project_loop(blocks, labels, args, device)
+    print(f"project loop:      {ours:10.0f} blocks/s (prefix cache built in {cache_seconds:.2f} s)")
+    print(f"epoch time at {args.blocks} blocks: seed {args.blocks / seed:.2f} s, project "
+          f"{args.blocks / ours:.2f} s")
+    if device.type == "cuda":
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
+    print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"speedup_vs_seed_loop={ours / seed:.2f}")
+
+
+if __name__ == "__main__":
+    main()
