@@ -21,6 +21,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -36,6 +37,8 @@ from av1_ablation.partitions import to_stage2
 from av1_ablation.tracking import KIND_TAG, experiment_id, fail_pending_run, log_new_params, tracked_run
 
 CHILDREN_TAG = "av1.children"
+# workers import the same code as this process, installed or not
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 PARENT_TAG = "mlflow.parentRunId"
 
 
@@ -151,7 +154,8 @@ def _train_in_subprocesses(child_ids: dict, jobs: int) -> list[str]:
         args = [sys.executable, "-m", "av1_ablation", "train"]
         for key, value in config_mod.to_params(dataclasses.replace(cfg, device=device)).items():
             args += ["--" + key[len("cfg."):].replace("_", "-"), value]
-        env = {**os.environ, "MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": experiment_id()}
+        env = {**os.environ, "MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": experiment_id(),
+               "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
         ok = subprocess.run(args, env=env).returncode == 0
         if not ok and MlflowClient().get_run(run_id).info.status == "RUNNING":
             MlflowClient().set_terminated(run_id, "FAILED")

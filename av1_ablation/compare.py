@@ -1,0 +1,175 @@
+"""``av1-ablation compare``: which loss is best for Stage 2, and is its lead real?
+
+Example::
+
+    mlflow run . -e compare                      # the newest ablation in the experiment
+    python -m av1_ablation compare --parent <ablation run id> --reference baseline --out compare_output
+
+Reads the finished Stage-2 runs (see :mod:`av1_ablation.runs`), checks that
+they differ only in ``loss_type`` and ``seed``, prints the tables and the
+verdict, writes ``report.md``, ``summary.csv``, ``summary.json`` and
+``figures/*.png`` to ``--out`` (built in a temporary folder, then renamed, so
+an error leaves no half-written folder), and logs the same files as a
+``compare`` run (tag ``av1.kind = compare``) in the experiment of the runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from av1_ablation.errors import UserError
+from av1_ablation.report import PRIMARY_TESTS, Comparison, render_markdown, render_text, summarise
+from av1_ablation.runs import Selection, check_comparable, group_records, load_runs
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--parent", help="ablation parent run id (default: the newest ablation run)")
+    parser.add_argument("--experiment", help="experiment name (default: MLFLOW_EXPERIMENT_ID, "
+                        "then MLFLOW_EXPERIMENT_NAME, then Default)")
+    parser.add_argument("--filter", dest="filter_string",
+                        help="extra MLflow filter, e.g. \"params.cfg.epochs = '20'\"")
+    parser.add_argument("--reference", default="baseline", help="loss_type every arm is compared with")
+    parser.add_argument("--group-by", help="compare within each value of this param (e.g. cfg.epochs) "
+                        "or tag (tags.<name>) instead of refusing runs that differ in it")
+    parser.add_argument("--ignore-param", action="append", default=[], metavar="PARAM",
+                        help="another cfg.* param that may differ between arms (repeatable)")
+    parser.add_argument("--out", default="compare_output", help="output folder (replaced)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate for Holm")
+    parser.add_argument("--min-seeds", type=int, default=3, help="seeds per arm needed for across-seed tests")
+    parser.add_argument("--n-resamples", type=int, default=10_000, help="paired-bootstrap resamples")
+    parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap")
+    parser.add_argument("--primary-test", default="auto", choices=PRIMARY_TESTS,
+                        help="test deciding the verdict (auto: Welch with enough seeds, else bootstrap)")
+    parser.add_argument("--no-log", action="store_true", help="do not log a compare run to MLflow")
+
+
+def _check_args(args) -> None:
+    if not 0 < args.alpha < 1:
+        raise UserError(f"--alpha must lie in (0, 1); got {args.alpha}")
+    if args.min_seeds < 2:
+        raise UserError(f"--min-seeds must be at least 2 (a variance needs two seeds); got {args.min_seeds}")
+    if args.n_resamples < 100:
+        raise UserError(f"--n-resamples must be at least 100; got {args.n_resamples}")
+
+
+def compare(args) -> tuple[Selection, list[Comparison]]:
+    """Load, check and summarise the runs named by the parsed arguments."""
+    _check_args(args)
+    selection = load_runs(parent=args.parent, experiment=args.experiment, filter_string=args.filter_string)
+    groups = group_records(selection.records, args.group_by)
+    comparisons = []
+    for label, records in groups.items():
+        check_comparable(records, ignore=[*args.ignore_param, *([args.group_by] if args.group_by else [])])
+        comparisons.append(summarise(
+            records, reference=args.reference, group=label, alpha=args.alpha, min_seeds=args.min_seeds,
+            n_resamples=args.n_resamples, random_state=args.bootstrap_seed, primary_test=args.primary_test))
+    return selection, comparisons
+
+
+def _clean(value):
+    """JSON-safe value: NaN becomes null, numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def summary_json(selection: Selection, comparisons: list[Comparison], args) -> dict:
+    groups = []
+    for c in comparisons:
+        tests = {arm: {"seeds": t.seeds.as_dict(), "mcnemar_pooled": t.mcnemar_pooled.as_dict(),
+                       "bootstrap_pooled": t.bootstrap_pooled.as_dict(), "holm_p": t.holm_p,
+                       "seed_criterion": t.criterion,
+                       "per_seed": [{"seed": p["seed"], "mcnemar": p["mcnemar"].as_dict(),
+                                     "bootstrap": p["bootstrap"].as_dict()} for p in t.per_seed]}
+                 for arm, t in c.tests.items()}
+        groups.append({"group": c.group, "reference": c.reference, "arms": c.arms, "winner": c.winner,
+                       "primary_test": c.primary_test, "alpha": c.alpha, "verdict": c.verdict,
+                       "per_seed": c.per_seed.to_dict(orient="records"), "tests": tests})
+    return _clean({
+        "selection": selection.description, "experiment_id": selection.experiment_id,
+        "compared_run_ids": [r.run_id for r in selection.records], "left_out": selection.left_out,
+        "settings": {k: v for k, v in vars(args).items() if k != "func"}, "groups": groups,
+    })
+
+
+def write_outputs(out: Path, selection: Selection, comparisons: list[Comparison], args) -> Path:
+    """Write report.md, summary.csv, summary.json and figures/ to ``out`` atomically."""
+    import pandas as pd
+
+    from av1_ablation.figures import make_figures
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        (tmp / "figures").mkdir()
+        figure_paths = []
+        for c in comparisons:
+            suffix = "" if len(comparisons) == 1 else "_" + "".join(ch if ch.isalnum() else "_" for ch in c.group)
+            for stem, fig in make_figures(c).items():
+                rel = f"figures/{stem}{suffix}.png"
+                fig.savefig(tmp / rel, dpi=110)
+                figure_paths.append(rel)
+        (tmp / "report.md").write_text(render_markdown(
+            comparisons, selection=selection.description, left_out=selection.left_out, figures=figure_paths))
+        pd.concat([c.summary() for c in comparisons]).to_csv(tmp / "summary.csv", index=False)
+        (tmp / "summary.json").write_text(json.dumps(summary_json(selection, comparisons, args), indent=2))
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def log_compare_run(out: Path, selection: Selection, comparisons: list[Comparison]) -> str:
+    """Log the outputs as a ``compare`` run in the experiment of the compared runs."""
+    import mlflow
+
+    # Under `mlflow run -e compare` MLFLOW_RUN_ID names the run to resume; its experiment is fixed.
+    kwargs = {} if os.environ.get("MLFLOW_RUN_ID") else {"experiment_id": selection.experiment_id,
+                                                          "run_name": "compare"}
+    with mlflow.start_run(**kwargs) as run:
+        mlflow.set_tags({
+            "av1.kind": "compare",
+            "av1.compared_run_ids": ",".join(r.run_id for r in selection.records),
+            "av1.winner": ";".join(f"{c.group}:{c.winner}" for c in comparisons),
+        })
+        if len(comparisons) == 1:
+            c = comparisons[0]
+            mlflow.set_tag("av1.verdict", c.verdict[:4900])
+            for arm, t in c.tests.items():
+                mlflow.log_metric(f"delta_macro_f1_{arm}", t.bootstrap_pooled.delta)
+        mlflow.log_artifacts(str(out))
+        return run.info.run_id
+
+
+def run(args) -> int:
+    selection, comparisons = compare(args)
+    for item in selection.left_out:
+        print(f"left out: run {item['run_id']} ({item['loss_type']}, seed {item['seed']}): {item['reason']}")
+    print(f"compared {len(selection.records)} runs: {selection.description}\n")
+    for c in comparisons:
+        print(render_text(c) + "\n")
+    out = write_outputs(Path(args.out), selection, comparisons, args)
+    print(f"wrote {out}/report.md, summary.csv, summary.json and figures/")
+    if not args.no_log:
+        run_id = log_compare_run(out, selection, comparisons)
+        print(f"logged compare run {run_id}")
+    return 0
