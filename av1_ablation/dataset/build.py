@@ -1,0 +1,289 @@
+"""Building a labelled block store: encode with aomenc, decode with libaom, label.
+
+Each (source, QP) pair is one intra-only aomenc encode of the source's selected
+frames; encodes run in parallel (each aomenc single-threaded, so the labels do
+not depend on the machine). The blocks are the *source* pixels of every
+existing 16x16 node, the labels the partition type libaom chose for it.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+
+from av1_ablation import __version__
+from av1_ablation.dataset import aomenc, decoder, importers, sources as src_mod
+from av1_ablation.dataset.labels import ABSENT, node_labels
+from av1_ablation.dataset.store import class_counts, read_manifest, write_store
+from av1_ablation.errors import UserError
+
+DEFAULT_QPS = (20, 32, 43, 55)
+DEFAULT_DATA_DIR = Path(os.environ.get("AV1_ABLATION_DATA") or "data/embedded")
+
+
+def cq_to_qindex(cq: int) -> int:
+    """Base qindex libaom uses for ``--cq-level`` (4 * cq, 63 -> 255)."""
+    return 255 if cq == 63 else 4 * cq
+
+
+def _check_int(name, value, low, high=None, *, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise UserError(f"{name} must be an integer; got {value!r}")
+    if value < low or (high is not None and value > high):
+        span = f"{low}..{high}" if high is not None else f">= {low}"
+        raise UserError(f"{name} must be in {span}; got {value}")
+    return int(value)
+
+
+def _check_request(qps, cpu_used, jobs, crop, allintra, width, height, frame_step, frames, max_frames):
+    qps = list(qps)
+    if not qps:
+        raise UserError("no QP given; pass --qp with values in 0..63")
+    qps = sorted({_check_int("QP (cq-level)", q, 0, 63) for q in qps})
+    _check_int("--cpu-used", cpu_used, 0, 9 if allintra else 6)
+    _check_int("--jobs", jobs, 0)
+    _check_int("--crop", crop, 64, allow_none=True)
+    _check_int("--width", width, 1, allow_none=True)
+    _check_int("--height", height, 1, allow_none=True)
+    _check_int("--frame-step", frame_step, 1)
+    _check_int("--max-frames", max_frames, 1, allow_none=True)
+    if frames is not None:
+        frames = [_check_int("--frames", f, 0) for f in frames]
+    return qps, frames
+
+
+def build_dataset(sources: list[str], out, *, qps=DEFAULT_QPS, cpu_used=2, jobs=0, crop=None,
+                  allintra=False, width=None, height=None, frame_step=1, frames=None,
+                  max_frames=None, overwrite=False, progress=True) -> Path:
+    """Build (or reuse) a labelled block store.
+
+    Parameters
+    ----------
+    sources : list of str
+        ``embedded``, ``embedded:NAME``, ``.y4m``/``.yuv``/``.png``/``.jpg``
+        paths, ``legacy-raw:DIR`` or ``legacy-pt:FILE``.
+    out : path-like
+        Store directory.
+    qps : sequence of int, default=(20, 32, 43, 55)
+        aomenc ``--cq-level`` values (0..63); one encode per source and QP.
+    cpu_used : int, default=2
+        aomenc speed; <= 4 keeps AB partitions at 16x16.
+    jobs : int, default=0
+        Parallel encodes; 0 uses every core.
+    crop : int, optional
+        Centre crop each picture to ``crop`` x ``crop`` (then to a multiple of 64).
+    allintra : bool, default=False
+        libaom's all-intra profile instead of good quality with key frames only.
+    width, height : int, optional
+        Picture size of raw ``.yuv`` sources.
+    frame_step, frames, max_frames
+        Frame selection for videos.
+    overwrite : bool, default=False
+        Replace an existing store built from a different request.
+    progress : bool, default=True
+        Show a progress bar.
+
+    Returns
+    -------
+    pathlib.Path
+        The store directory. A store built from the same request is reused.
+
+    Raises
+    ------
+    UserError
+        Bad input or missing tools; nothing is written then.
+    """
+    out = Path(out)
+    if isinstance(sources, str):
+        sources = [sources]
+    qps, frames = _check_request(qps, cpu_used, jobs, crop, allintra, width, height,
+                                 frame_step, frames, max_frames)
+    parsed = src_mod.parse_sources(list(sources) or ["embedded"])
+    legacy = [s for s in parsed if s.kind.startswith("legacy-")]
+    if legacy:
+        return _import(parsed, legacy, out, overwrite)
+
+    aomenc.find_aomenc()
+    decoder.load_libaom()
+    read = [src_mod.read_frames(s, width=width, height=height, frame_step=frame_step, frames=frames,
+                                max_frames=max_frames, crop=crop) for s in parsed]
+    settings = {
+        "qps": qps, "qindex": [cq_to_qindex(q) for q in qps], "cpu_used": cpu_used,
+        "profile": "allintra" if allintra else "good, key frames only (kf-max-dist=0)",
+        "allintra": allintra, "bit_depth": 10, "crop": crop, "width": width, "height": height,
+        "frame_step": frame_step, "frames": frames, "max_frames": max_frames,
+    }
+    request = {
+        "sources": [{"spec": s.spec, "sha256": r.sha256} for s, r in zip(parsed, read)],
+        "settings": settings,
+        "tools": {"aomenc": aomenc.aomenc_version(), "libaom": decoder.libaom_version()},
+    }
+    if _reusable(out, request, overwrite):
+        return out
+
+    started = time.perf_counter()
+    arrays, encodes, absent = _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress)
+    elapsed = time.perf_counter() - started
+    per_qp = {str(q): class_counts(arrays["labels"][arrays["qindex"] == cq_to_qindex(q)]) for q in qps}
+    manifest = {
+        "kind": "encoded",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "generator": f"av1_ablation {__version__}",
+        "request": request,
+        "tools": {**request["tools"], "aomenc_path": aomenc.find_aomenc()},
+        "settings": {**settings, "luma": "BT.601 full-range luma of 8-bit pictures << 2; chroma neutral (512)",
+                     "blocks": "source pixels (not the decoded picture)"},
+        "sources": [
+            {"id": i, "kind": s.kind, "name": s.name, "spec": s.spec, "sha256": r.sha256,
+             "size": list(r.size), "cropped": list(r.luma.shape[1:]), "frames": r.indices, **r.info}
+            for i, (s, r) in enumerate(zip(parsed, read))
+        ],
+        "encodes": encodes,
+        "counts_per_qp": per_qp,
+        "absent_nodes": absent,
+        "build_seconds": round(elapsed, 2),
+        "encode_seconds": round(sum(e["seconds"] for e in encodes), 2),
+        "blocks_per_second": round(len(arrays["labels"]) / max(elapsed, 1e-9), 1),
+    }
+    return write_store(out, arrays, manifest, overwrite=overwrite)
+
+
+def _reusable(out: Path, request: dict, overwrite: bool) -> bool:
+    if not out.exists():
+        return False
+    if (out / "manifest.json").is_file() and read_manifest(out).get("request") == request:
+        print(f"{out}: a store built from the same sources and settings exists; reusing it")
+        return True
+    is_store = (out / "manifest.json").is_file()
+    if not is_store and (not out.is_dir() or any(out.iterdir())):
+        # Never replace a directory (or file) that is not ours, even with --overwrite.
+        raise UserError(f"{out} already exists and is not a block store; choose another --out")
+    if is_store and not overwrite:
+        raise UserError(f"{out} already exists and is a store built from a different request; "
+                        "pass --overwrite to replace it or choose another --out")
+    return False
+
+
+def _encode_one(frames: np.ndarray, y4m: Path, qp: int, cpu_used: int, allintra: bool, workdir: Path):
+    """Encode one source at one QP; return its label grids (F, H/16, W/16) and the encode record."""
+    args = aomenc.encode_args(cq_level=qp, cpu_used=cpu_used, frames=len(frames), allintra=allintra)
+    ivf = workdir / f"{y4m.stem}_q{qp}.ivf"
+    t0 = time.perf_counter()
+    aomenc.run_encode(args, y4m, ivf)
+    seconds = time.perf_counter() - t0
+    n, h, w = frames.shape
+    grids, want = [], cq_to_qindex(qp)
+    for k, (bsize, part, qindex, base_q) in enumerate(decoder.decode_mode_info(ivf, h // 4, w // 4)):
+        if base_q != want or (qindex != want).any():
+            raise RuntimeError(f"frame {k} of {y4m.name} at cq {qp}: qindex {base_q} (blocks "
+                               f"{np.unique(qindex).tolist()}) differs from the expected {want}")
+        grids.append(node_labels(bsize, part))
+    if len(grids) != n:
+        raise RuntimeError(f"{y4m.name} at cq {qp}: decoded {len(grids)} frames, encoded {n}")
+    ivf.unlink()
+    record = {"qp": qp, "args": ["aomenc", *args, "-o", ivf.name, y4m.name], "seconds": round(seconds, 2)}
+    return np.stack(grids), record
+
+
+def _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress):
+    from tqdm import tqdm
+
+    jobs = jobs or os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="av1-ablation-encode-") as tmp:
+        tmp = Path(tmp)
+        futures = {}
+        # Threads suffice: the work happens in aomenc processes and in libaom,
+        # and the per-(source, QP) results come back without pickling.
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            # Largest sources first, so that no long encode is left alone at the end.
+            for i in sorted(range(len(read)), key=lambda k: -read[k].luma.size):
+                y4m = tmp / f"source{i:04d}.y4m"
+                src_mod.write_y4m(y4m, read[i].luma)
+                for qp in qps:
+                    futures[i, qp] = pool.submit(_encode_one, read[i].luma, y4m, qp, cpu_used, allintra, tmp)
+            with tqdm(total=len(futures), desc="encodes", unit="enc", disable=not progress) as bar:
+                try:
+                    for fut in as_completed(list(futures.values())):
+                        fut.result()
+                        bar.update()
+                except BaseException:
+                    for fut in futures.values():
+                        fut.cancel()
+                    raise
+        parts, encodes = [], []
+        absent = {"total": 0, "per_qp": {str(q): 0 for q in qps}}
+        for i, r in enumerate(read):
+            for qp in qps:
+                grids, record = futures[i, qp].result()
+                encodes.append({"source": i, **record})
+                absent["per_qp"][str(qp)] += int((grids == ABSENT).sum())
+                parts.append(_gather(r, i, cq_to_qindex(qp), grids))
+        absent["total"] = sum(absent["per_qp"].values())
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return arrays, encodes, absent
+
+
+def _gather(r, source_id: int, qindex: int, grids: np.ndarray) -> dict:
+    """Blocks and metadata of the existing nodes of one encode, in raster order."""
+    f, gy, gx = np.nonzero(grids != ABSENT)
+    n = len(f)
+    blocks = r.luma.reshape(len(r.luma), grids.shape[1], 16, grids.shape[2], 16)[f, gy, :, gx, :]
+    return {
+        "blocks": np.ascontiguousarray(blocks, dtype=np.uint16),
+        "labels": grids[f, gy, gx].astype(np.uint8),
+        "qindex": np.full(n, qindex, dtype=np.uint16),
+        "source": np.full(n, source_id, dtype=np.int32),
+        "frame": np.asarray(r.indices, dtype=np.int32)[f],
+        "pos": np.stack([gy * 16, gx * 16], axis=1).astype(np.int32).reshape(n, 2),
+    }
+
+
+def _import(parsed, legacy, out: Path, overwrite: bool) -> Path:
+    if len(legacy) != len(parsed):
+        raise UserError("legacy imports cannot be mixed with sources to encode; import them into their own --out")
+    kinds = {s.kind for s in legacy}
+    if "legacy-pt" in kinds and len(legacy) > 1:
+        raise UserError("import one legacy-pt train.pt at a time, on its own")
+    if kinds == {"legacy-pt"}:
+        arrays, manifest = importers.import_legacy_pt(legacy[0].path)
+    else:
+        arrays, manifest = importers.import_legacy_raw([s.path for s in legacy])
+    request = {"sources": manifest["request_sources"], "settings": {"import": manifest["kind"]}}
+    if _reusable(out, request, overwrite):
+        return out
+    manifest = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "generator": f"av1_ablation {__version__}", "request": request, **manifest}
+    return write_store(out, arrays, manifest, overwrite=overwrite)
+
+
+def ensure_dataset(path=None, *, progress=True) -> Path:
+    """A ready block store: ``path``, or the default one (built if missing).
+
+    Parameters
+    ----------
+    path : path-like, optional
+        An existing store. ``None`` means :data:`DEFAULT_DATA_DIR`, where the
+        embedded default data set is built on first use (about 2 minutes).
+
+    Raises
+    ------
+    UserError
+        If ``path`` is given and holds no store.
+    """
+    if path is None:
+        path = DEFAULT_DATA_DIR
+        if not (path / "manifest.json").is_file():
+            build_dataset(["embedded"], path, progress=progress)
+        return path
+    path = Path(path)
+    if not (path / "manifest.json").is_file():
+        raise UserError(f"{path} holds no block store (no manifest.json); build one with "
+                        f"`av1-ablation dataset --out {path}`")
+    return path

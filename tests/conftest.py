@@ -1,0 +1,18 @@
+"""Shared fixtures. ``tiny_dataset`` is a real (aomenc + libaom) block store."""
+import pytest
+
+pytest_plugins = ["tests.mlflow_fixtures"]
+
+from av1_ablation.dataset import build_dataset
+
+# Six bundled photos, centre 128x128, one QP: about 2 s on two cores and it
+# holds SPLIT, RECT and AB blocks (the textures give SPLIT, the rest RECT/AB).
+TINY_SOURCES = ["embedded:camera", "embedded:astronaut", "embedded:coffee",
+                "embedded:chelsea", "embedded:brick", "embedded:grass"]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """Path of a tiny block store: 6 photos cropped to 128x128, cq 32, cpu-used 2."""
+    out = tmp_path_factory.mktemp("tiny") / "store"
+    return build_dataset(TINY_SOURCES, out, qps=(32,), cpu_used=2, crop=128, progress=False)
