@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	mkdir -p build && touch $(STAMP)
 
 run: setup
-	$(PYTHON) -m av1_ablation dataset
+	mlflow run . --env-manager local -P loss_type=asymmetric
 
 test: setup
 	$(PYTHON) -m pytest

@@ -99,12 +99,12 @@ class Stage1Config:
 # but uses a quarter-width backbone and fewer epochs, so one arm takes minutes on 2 cores.
 STAGE2_PRESETS: dict[str, dict] = {
     "paper": {},
-    "cpu": {"width": 0.25, "epochs": 20, "patience": 6, "plateau_patience": 3},
+    "cpu": {"width": 0.25, "epochs": 30, "patience": 8, "plateau_patience": 3},
     "smoke": {"width": 0.25, "epochs": 1, "patience": 1, "batch_size": 32, "eval_batch_size": 512},
 }
 STAGE1_PRESETS: dict[str, dict] = {
     "paper": {},
-    "cpu": {"width": 0.25, "epochs": 6},
+    "cpu": {"width": 0.25, "epochs": 12},
     "smoke": {"width": 0.25, "epochs": 1, "batch_size": 32, "eval_batch_size": 512},
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import time
 
 import mlflow
@@ -72,13 +73,15 @@ def train_stage2(cfg: Stage2Config, *, run_id: str | None = None, run_name: str 
     lookup (the ablation resolves it once for all its children)."""
     from av1_ablation.stage1 import resolve_stage1
 
+    # Take the run `mlflow run` created now: ending a Stage-1 run below clears MLFLOW_RUN_ID.
+    run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
     try:
         device = resolve_device(cfg.device)
         data = load_split_data(cfg, to_stage2)
         stage1 = resolve_stage1(stage1_run_id or cfg.stage1, data=data, width=cfg.width,
                                 device=cfg.device, preset=cfg.preset)
     except UserError as exc:
-        fail_pending_run(str(exc))
+        fail_pending_run(str(exc), run_id)
         raise
     if resume is not None:
         run_id = resume[0]

@@ -103,9 +103,10 @@ def tracked_run(*, kind: str, run_id: str | None = None, run_name: str | None = 
         mlflow.end_run("FINISHED")
 
 
-def fail_pending_run(message: str) -> None:
-    """Record a rejected invocation on the run ``mlflow run`` created for it, so it is not left RUNNING."""
-    run_id = os.environ.get("MLFLOW_RUN_ID")
+def fail_pending_run(message: str, run_id: str | None = None) -> None:
+    """Record a rejected invocation on the run ``mlflow run`` created for it (``run_id`` or
+    ``MLFLOW_RUN_ID``), so it is not left RUNNING."""
+    run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
     if not run_id:
         return
     client = MlflowClient()
