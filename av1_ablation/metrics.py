@@ -82,7 +82,8 @@ def _check_proba(proba, n_samples: int) -> np.ndarray:
     # Softmax outputs saved as float32 text sum to 1 only up to rounding.
     if not np.allclose(proba.sum(axis=1), 1.0, atol=1e-3):
         raise ValueError("each row of proba must sum to 1 (softmax probabilities, not logits)")
-    return proba
+    # ... so remove that rounding (scikit-learn's log_loss warns about it otherwise)
+    return proba / proba.sum(axis=1, keepdims=True)
 
 
 def _check_n_bins(n_bins) -> int:

@@ -80,6 +80,8 @@ def train_stage2(cfg: Stage2Config, *, run_id: str | None = None, run_name: str 
         data = load_split_data(cfg, to_stage2)
         stage1 = resolve_stage1(stage1_run_id or cfg.stage1, data=data, width=cfg.width,
                                 device=cfg.device, preset=cfg.preset)
+        # log what was used: "auto" becomes the Stage-1 run id, so equal runs have equal params
+        cfg = dataclasses.replace(cfg, stage1=stage1.run_id or stage1.source)
     except UserError as exc:
         fail_pending_run(str(exc), run_id)
         raise
@@ -215,6 +217,22 @@ def restore(point: dict, model, optimizer, scheduler) -> History:
     optimizer.load_state_dict(point["optimizer"])
     scheduler.load_state_dict(point["scheduler"])
     return History(**point["history"])
+
+
+def load_model(path) -> tuple[Stage2Model, Stage2Config]:
+    """The selected model of a Stage-2 run from its ``checkpoint/model.pt``, in eval mode.
+
+    Example: ``load_model(mlflow.artifacts.download_artifacts(run_id=..., artifact_path=
+    "checkpoint/model.pt"))``; the model takes (B, 1, 16, 16) blocks divided by 1023.
+    """
+    point = torch.load(path, map_location="cpu", weights_only=False)
+    if point.get("kind") != "stage2":
+        raise UserError(f"{path} is not a Stage-2 checkpoint of this project")
+    cfg = config_mod.from_dict(Stage2Config, point["config"])
+    model = Stage2Model(width=cfg.width, adapter_layers=cfg.adapter_layers,
+                        adapter_reduction=cfg.adapter_reduction)
+    model.load_state_dict(point["state_dict"])
+    return model.eval(), cfg
 
 
 def load_resume_point(run_id: str) -> tuple[Stage2Config, dict]:

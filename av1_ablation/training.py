@@ -70,7 +70,7 @@ def train_one_epoch(forward, data: DeviceBlocks, inputs, criterion, optimizer, *
         loss_sum += loss.detach() * len(idx)
         if step % check_every == 0 or i + batch_size >= len(order):
             if not torch.isfinite(loss_sum):
-                raise NonFiniteLoss(epoch, step, float(loss))
+                raise NonFiniteLoss(epoch, step, float(loss.detach()))
     seconds = time.perf_counter() - start
     return {"train_loss": float(loss_sum) / len(order), "epoch_seconds": seconds,
             "train_blocks_per_s": len(order) / seconds}

@@ -129,7 +129,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--width", type=float, default=0.25)
-    p.add_argument("--blocks", type=int, default=6000, help="training blocks per epoch")
+    p.add_argument("--blocks", type=int, default=20000, help="training blocks per epoch")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the seed-style loop")

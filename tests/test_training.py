@@ -73,14 +73,22 @@ def test_train_run_records_contract(tiny_dataset, tracking_store):
             "figures/learning_curves.png", "checkpoint/model.pt"} <= files
     import mlflow
 
-    ckpt = torch.load(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
-                                                          artifact_path="checkpoint/model.pt"),
-                      weights_only=False)
-    assert ckpt["config"]["loss_type"] == "poly"
+    from av1_ablation.dataset import load_store
+    from av1_ablation.stage2 import load_model
+    from av1_ablation.tensors import normalise
+
+    model, cfg = load_model(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                               artifact_path="checkpoint/model.pt"))
+    assert cfg.loss_type == "poly"
     preds = np.loadtxt(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
                                                            artifact_path="predictions/test.csv"),
                        delimiter=",", skiprows=1)
     assert np.allclose(preds[:, 3:].sum(1), 1, atol=1e-4)
+    # the checkpoint reproduces the logged test probabilities
+    blocks = torch.from_numpy(load_store(tiny_dataset).blocks[preds[:, 0].astype(int)].astype(np.int16))
+    with torch.no_grad():
+        proba = torch.softmax(model(normalise(blocks)).double(), 1).numpy()
+    assert np.allclose(proba, preds[:, 3:], atol=1e-5)
     # per-class test figures come from the selected checkpoint's predictions
     from av1_ablation.metrics import classification_metrics
 
