@@ -34,7 +34,8 @@ from av1_ablation.errors import UserError
 from av1_ablation.experiment import load_split_data
 from av1_ablation.losses import LOSS_TYPES
 from av1_ablation.partitions import to_stage2
-from av1_ablation.tracking import KIND_TAG, experiment_id, fail_pending_run, log_new_params, tracked_run
+from av1_ablation.tracking import (KIND_TAG, experiment_id, fail_pending_run, finished_runs,
+                                   log_new_params, tracked_run)
 
 CHILDREN_TAG = "av1.children"
 # workers import the same code as this process, installed or not
@@ -120,13 +121,8 @@ def run_ablation(base: Stage2Config, losses: list[str], seeds: list[int], *, job
 def finished_twin(cfg: Stage2Config, data) -> str | None:
     """A FINISHED Stage-2 run of this experiment with exactly these parameters and data."""
     wanted = config_mod.to_params(cfg)
-    runs = MlflowClient().search_runs(
-        [experiment_id()],
-        filter_string=(f"tags.`{KIND_TAG}` = 'stage2' and attributes.status = 'FINISHED' and "
-                       f"params.`cfg.loss_type` = '{cfg.loss_type}' and params.`cfg.seed` = '{cfg.seed}' "
-                       f"and tags.`av1.dataset_fingerprint` = '{data.store.fingerprint}' and "
-                       f"tags.`av1.split_fingerprint` = '{data.split.fingerprint}'"),
-        order_by=["attributes.start_time DESC"])
+    runs = finished_runs("stage2", tags=data.fingerprints(),
+                         params={k: wanted[k] for k in ("cfg.loss_type", "cfg.seed")})
     for run in runs:
         if all(run.data.params.get(k) == v for k, v in wanted.items()):
             return run.info.run_id

@@ -18,10 +18,9 @@ import argparse
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from av1_ablation.atomic import atomic_directory
 from av1_ablation.errors import UserError
 from av1_ablation.report import PRIMARY_TESTS, Comparison, render_markdown, render_text, summarise
 from av1_ablation.runs import Selection, check_comparable, group_records, load_runs
@@ -110,9 +109,7 @@ def write_outputs(out: Path, selection: Selection, comparisons: list[Comparison]
     from av1_ablation.figures import make_figures
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         (tmp / "figures").mkdir()
         figure_paths = []
         for c in comparisons:
@@ -125,16 +122,6 @@ def write_outputs(out: Path, selection: Selection, comparisons: list[Comparison]
             comparisons, selection=selection.description, left_out=selection.left_out, figures=figure_paths))
         pd.concat([c.summary() for c in comparisons]).to_csv(tmp / "summary.csv", index=False)
         (tmp / "summary.json").write_text(json.dumps(summary_json(selection, comparisons, args), indent=2))
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -27,13 +27,14 @@ class SplitData:
     index: dict[str, np.ndarray]  # split name -> block indices into the store
     targets: dict[str, np.ndarray]  # split name -> class targets of those blocks
 
+    def fingerprints(self) -> dict[str, str]:
+        """The tags that identify the data a run saw."""
+        return {"av1.dataset_fingerprint": self.store.fingerprint,
+                "av1.split_fingerprint": self.split.fingerprint}
+
     def tags(self) -> dict[str, str]:
-        return {
-            "av1.dataset_fingerprint": self.store.fingerprint,
-            "av1.dataset_path": str(self.store.path),
-            "av1.split_fingerprint": self.split.fingerprint,
-            **({"av1.split_note": self.split.note} if self.split.note else {}),
-        }
+        return {**self.fingerprints(), "av1.dataset_path": str(self.store.path),
+                **({"av1.split_note": self.split.note} if self.split.note else {})}
 
     def sizes(self) -> dict[str, int]:
         return {f"n_{name}": len(idx) for name, idx in self.index.items()}

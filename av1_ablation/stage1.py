@@ -30,7 +30,7 @@ from av1_ablation.models import (Backbone, Stage1Model, count_parameters, load_s
 from av1_ablation.partitions import to_stage1
 from av1_ablation.run_artifacts import learning_curve_figure, log_figure, log_json, log_torch
 from av1_ablation.tensors import DeviceBlocks
-from av1_ablation.tracking import (environment_tags, experiment_id, fail_pending_run,
+from av1_ablation.tracking import (environment_tags, experiment_id, fail_pending_run, finished_runs,
                                    log_new_params, tracked_run)
 from av1_ablation.training import fit, predict, set_determinism
 
@@ -147,13 +147,8 @@ def find_stage1_run(data: SplitData, width: float, preset: str) -> str | None:
     """The newest FINISHED Stage-1 run for this data set, split, width and preset (a one-epoch
     ``smoke`` backbone must never stand in for a real one)."""
     preset = _stage1_preset(preset, width)
-    runs = MlflowClient().search_runs(
-        [experiment_id()],
-        filter_string=(f"tags.`av1.kind` = 'stage1' and attributes.status = 'FINISHED' and "
-                       f"tags.`av1.dataset_fingerprint` = '{data.store.fingerprint}' and "
-                       f"tags.`av1.split_fingerprint` = '{data.split.fingerprint}' and "
-                       f"params.`cfg.width` = '{float(width)}' and params.`cfg.preset` = '{preset}'"),
-        order_by=["attributes.start_time DESC"], max_results=1)
+    runs = finished_runs("stage1", tags=data.fingerprints(),
+                         params={"cfg.width": str(float(width)), "cfg.preset": preset}, max_results=1)
     return runs[0].info.run_id if runs else None
 
 

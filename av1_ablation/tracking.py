@@ -10,7 +10,6 @@ import os
 import platform
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -114,6 +113,16 @@ def fail_pending_run(message: str, run_id: str | None = None) -> None:
     client.set_terminated(run_id, "FAILED")
 
 
+def finished_runs(kind: str, *, tags: dict[str, str], params: dict[str, str], max_results: int = 1000):
+    """FINISHED runs of the current experiment of ``kind`` with exactly these tag and param
+    values, newest first."""
+    clauses = [f"tags.`{KIND_TAG}` = '{kind}'", "attributes.status = 'FINISHED'"]
+    clauses += [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+    clauses += [f"params.`{k}` = '{v}'" for k, v in params.items()]
+    return MlflowClient().search_runs([experiment_id()], " and ".join(clauses),
+                                      order_by=["attributes.start_time DESC"], max_results=max_results)
+
+
 def experiment_id() -> str:
     """The experiment commands log into: ``MLFLOW_EXPERIMENT_ID``/``_NAME`` or the default."""
     from mlflow.tracking.fluent import _get_experiment_id
@@ -130,6 +139,6 @@ def run_command_exit(exc: BaseException) -> int:
 
 
 __all__ = [
-    "KIND_TAG", "FAILURE_TAG", "Terminated", "tracked_run", "log_new_params",
+    "KIND_TAG", "FAILURE_TAG", "Terminated", "tracked_run", "log_new_params", "finished_runs",
     "environment_tags", "fail_pending_run", "experiment_id", "git_commit", "run_command_exit",
 ]

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from av1_ablation.atomic import atomic_directory
 from av1_ablation.errors import UserError
 from av1_ablation.partitions import ONE_TO_FOUR, PARTITION_NAMES, STAGE2_GROUPS
 
@@ -101,12 +99,7 @@ def write_store(out: Path, arrays: dict[str, np.ndarray], manifest: dict, *, ove
     empty_dir = out.is_dir() and not any(out.iterdir())
     if out.exists() and not (overwrite or empty_dir):
         raise UserError(f"{out} already exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a store is an ordinary directory
-    try:
+    with atomic_directory(out) as tmp:
         files = {}
         for name in ARRAYS:
             np.save(tmp / f"{name}.npy", arrays[name], allow_pickle=False)
@@ -114,17 +107,6 @@ def write_store(out: Path, arrays: dict[str, np.ndarray], manifest: dict, *, ove
         manifest = {"format_version": FORMAT_VERSION, **manifest, "num_blocks": n,
                     "counts": class_counts(arrays["labels"]), "files": files}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            # Move the old store aside first so that `out` is never half-replaced.
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
