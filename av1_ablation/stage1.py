@@ -95,12 +95,12 @@ def train_stage1(cfg: Stage1Config, data: SplitData, *, run_id: str | None = Non
         model.load_state_dict(history.best_state)
         model.eval()
         final = {"best_epoch": history.best_epoch, "epochs_run": history.epoch,
-                 "best_val_f1": history.best_score,
                  "train_seconds": sum(m["epoch_seconds"] for m in history.metrics)}
-        for name in ("val", "test"):
+        # the selected checkpoint's validation figures: best_val_* (val_* is the per-epoch history)
+        for name, prefix in (("val", "best_val_"), ("test", "test_")):
             if len(splits[name]):
                 logits, y, _ = evaluate_split(name)
-                final.update(binary_metrics(y, torch.sigmoid(logits).numpy(), prefix=f"{name}_"))
+                final.update(binary_metrics(y, torch.sigmoid(logits).numpy(), prefix=prefix))
         mlflow.log_metrics(final)
         log_figure(learning_curve_figure(history.metrics, score_key=SCORE, title="Stage 1"),
                    "figures/learning_curves.png")

@@ -103,18 +103,8 @@ def train_stage2(cfg: Stage2Config, *, run_id: str | None = None, run_name: str 
                             **config_mod.to_params(cfg), **{f"data.{k}": v for k, v in data.sizes().items()}})
             log_dataset_input(data)
         set_determinism(cfg.seed)
-        model = Stage2Model(stage1.backbone(cfg.width), width=cfg.width,
-                            adapter_layers=cfg.adapter_layers,
-                            adapter_reduction=cfg.adapter_reduction).to(device)
-        counts = np.bincount(data.targets["train"], minlength=len(STAGE2_NAMES)).tolist()
-        criterion = build_loss(cfg.loss_type, counts, beta=cfg.cb_beta).to(device)
-        groups = model.parameter_groups()
-        optimizer = torch.optim.AdamW(
-            [{"params": groups["adapter"], "lr": cfg.lr_adapter, "name": "adapter"},
-             {"params": groups["head"], "lr": cfg.lr_head, "name": "head"}],
-            weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+        model, criterion, optimizer, scheduler = build_training(cfg, stage1.backbone(cfg.width),
+                                                                data.targets["train"], device)
         history = None
         if resume is not None:
             history = restore(resume[1], model, optimizer, scheduler)
@@ -154,37 +144,60 @@ def train_stage2(cfg: Stage2Config, *, run_id: str | None = None, run_name: str 
         except NonFiniteLoss as exc:
             mlflow.set_tags({"av1.failure_epoch": str(exc.epoch), "av1.failure_step": str(exc.step)})
             raise
-        train_seconds = sum(m["epoch_seconds"] for m in history.metrics)
         model.load_state_dict(history.best_state)
         model.eval()
-        final = {"best_epoch": history.best_epoch, "epochs_run": history.epoch,
-                 "stopped_early": int(history.stopped_early), "best_val_macro_f1": history.best_score,
-                 "train_seconds": train_seconds,
-                 "train_blocks_per_s": float(np.mean([m["train_blocks_per_s"] for m in history.metrics]))}
-        for name in ("val", "test"):
-            if len(splits[name]) == 0:
-                continue
-            logits, y, loss = evaluate_split(name)
-            proba = torch.softmax(logits.double(), 1).numpy()
-            pred = proba.argmax(1)
-            final[f"{name}_loss"] = loss
-            final.update(classification_metrics(y, pred, prefix=f"{name}_"))
-            final.update(calibration_metrics(y, proba, prefix=f"{name}_"))
-            log_predictions(name, data.index[name], y, proba)
-            log_figure(confusion_figure(y, pred, title=f"{name}, epoch {history.best_epoch}"),
-                       f"figures/confusion_{name}.png")
-        # the selected checkpoint's val figures replace the last epoch's in run.data.metrics
-        mlflow.log_metrics(final)
-        log_figure(learning_curve_figure(history.metrics, score_key=SCORE,
-                                         title=f"{cfg.loss_type}, seed {cfg.seed}"),
-                   "figures/learning_curves.png")
-        log_json({"config": dataclasses.asdict(cfg), "final": final, "epochs": history.metrics},
-                 "metrics.json")
-        log_torch({"kind": "stage2", "config": dataclasses.asdict(cfg), "epoch": history.best_epoch,
-                   "state_dict": history.best_state, "class_names": list(STAGE2_NAMES),
-                   "dataset_fingerprint": data.store.fingerprint,
-                   "split_fingerprint": data.split.fingerprint}, BEST_CHECKPOINT)
+        log_selected_checkpoint(cfg, data, history, evaluate_split)
         return run.info.run_id
+
+
+def build_training(cfg: Stage2Config, backbone, train_targets: np.ndarray, device):
+    """Model, loss, optimiser and schedule of one arm: everything but the loss is shared."""
+    model = Stage2Model(backbone, width=cfg.width, adapter_layers=cfg.adapter_layers,
+                        adapter_reduction=cfg.adapter_reduction).to(device)
+    counts = np.bincount(train_targets, minlength=len(STAGE2_NAMES)).tolist()
+    criterion = build_loss(cfg.loss_type, counts, beta=cfg.cb_beta).to(device)
+    groups = model.parameter_groups()
+    optimizer = torch.optim.AdamW(
+        [{"params": groups["adapter"], "lr": cfg.lr_adapter, "name": "adapter"},
+         {"params": groups["head"], "lr": cfg.lr_head, "name": "head"}],
+        weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+    return model, criterion, optimizer, scheduler
+
+
+def log_selected_checkpoint(cfg: Stage2Config, data, history: History, evaluate_split) -> None:
+    """Final metrics, predictions, figures and checkpoint of the selected epoch.
+
+    Validation figures of the selected checkpoint go under ``best_val_*`` (``val_*`` is
+    the per-epoch history); test figures exist only for it.
+    """
+    final = {"best_epoch": history.best_epoch, "epochs_run": history.epoch,
+             "stopped_early": int(history.stopped_early),
+             "train_seconds": sum(m["epoch_seconds"] for m in history.metrics),
+             "train_blocks_per_s": float(np.mean([m["train_blocks_per_s"] for m in history.metrics]))}
+    for name, prefix in (("val", "best_val_"), ("test", "test_")):
+        if len(data.index[name]) == 0:
+            continue
+        logits, y, loss = evaluate_split(name)
+        proba = torch.softmax(logits.double(), 1).numpy()
+        pred = proba.argmax(1)
+        final[f"{prefix}loss"] = loss
+        final.update(classification_metrics(y, pred, prefix=prefix))
+        final.update(calibration_metrics(y, proba, prefix=prefix))
+        log_predictions(name, data.index[name], y, proba)
+        log_figure(confusion_figure(y, pred, title=f"{name}, epoch {history.best_epoch}"),
+                   f"figures/confusion_{name}.png")
+    mlflow.log_metrics(final)
+    log_figure(learning_curve_figure(history.metrics, score_key=SCORE,
+                                     title=f"{cfg.loss_type}, seed {cfg.seed}"),
+               "figures/learning_curves.png")
+    log_json({"config": dataclasses.asdict(cfg), "final": final, "epochs": history.metrics},
+             "metrics.json")
+    log_torch({"kind": "stage2", "config": dataclasses.asdict(cfg), "epoch": history.best_epoch,
+               "state_dict": history.best_state, "class_names": list(STAGE2_NAMES),
+               "dataset_fingerprint": data.store.fingerprint,
+               "split_fingerprint": data.split.fingerprint}, BEST_CHECKPOINT)
 
 
 @torch.no_grad()
