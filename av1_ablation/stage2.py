@@ -80,6 +80,7 @@ def train_stage2(cfg: Stage2Config, *, run_id: str | None = None, run_name: str 
         data = load_split_data(cfg, to_stage2)
         stage1 = resolve_stage1(stage1_run_id or cfg.stage1, data=data, width=cfg.width,
                                 device=cfg.device, preset=cfg.preset)
+        backbone = stage1.backbone(cfg.width)
         # log what was used: "auto" becomes the Stage-1 run id, so equal runs have equal params
         cfg = dataclasses.replace(cfg, stage1=stage1.run_id or stage1.source)
     except UserError as exc:
@@ -103,8 +104,8 @@ def train_stage2(cfg: Stage2Config, *, run_id: str | None = None, run_name: str 
                             **config_mod.to_params(cfg), **{f"data.{k}": v for k, v in data.sizes().items()}})
             log_dataset_input(data)
         set_determinism(cfg.seed)
-        model, criterion, optimizer, scheduler = build_training(cfg, stage1.backbone(cfg.width),
-                                                                data.targets["train"], device)
+        model, criterion, optimizer, scheduler = build_training(cfg, backbone, data.targets["train"],
+                                                                device)
         history = None
         if resume is not None:
             history = restore(resume[1], model, optimizer, scheduler)

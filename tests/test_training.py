@@ -196,7 +196,15 @@ def test_mlflow_run_main_entry_point(tiny_dataset, tracking_store):
     assert run.info.status == "FINISHED"
     assert run.data.params["loss_type"] == "asymmetric" and run.data.params["cfg.loss_type"] == "asymmetric"
     assert run.data.tags["mlflow.project.entryPoint"] == "main"
-    assert "test_macro_f1" in run.data.metrics
+    assert run.data.params["cfg.preset"] == "smoke" and run.data.params["cfg.epochs"] == "1"
+    for key in ("train_loss", "val_loss", "val_macro_f1", "val_f1_ab", "lr_adapter"):
+        assert [m.step for m in client().get_metric_history(run.info.run_id, key)] == [1], key
+    assert {"test_macro_f1", "test_f1_split", "test_ece", "best_epoch", "epochs_run"} <= set(run.data.metrics)
+    artifacts = {f.path for d in ("predictions", "checkpoint", "figures")
+                 for f in client().list_artifacts(run.info.run_id, d)}
+    assert {"predictions/test.csv", "checkpoint/model.pt", "figures/learning_curves.png"} <= artifacts
+    stage1 = client().get_run(run.data.tags["av1.stage1_run_id"])  # trained first, as its own run
+    assert stage1.info.status == "FINISHED" and "mlflow.parentRunId" not in stage1.data.tags
 
 
 @pytest.mark.slow
@@ -211,3 +219,19 @@ def test_mlflow_run_with_bad_parameter_is_marked_failed(tiny_dataset, tracking_s
     (run,) = client().search_runs([exp])
     assert run.info.status == "FAILED"
     assert "loss_type='nope'" in run.data.tags["av1.failure_reason"]
+
+
+def test_stage1_command_and_explicit_stage1_run(tiny_dataset, tracking_store):
+    _, exp = tracking_store
+    assert main(["stage1", "--data", str(tiny_dataset), *SMOKE]) == 0
+    (stage1,) = client().search_runs([exp], "tags.`av1.kind` = 'stage1'")
+    assert stage1.info.status == "FINISHED"
+    assert {"val_f1", "val_roc_auc", "best_val_f1", "test_f1", "best_epoch"} <= set(stage1.data.metrics)
+    assert [f.path for f in client().list_artifacts(stage1.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
+    assert train(tiny_dataset, "--stage1", stage1.info.run_id) == 0
+    (run,) = stage2_runs(exp, "FINISHED")
+    assert run.data.tags["av1.stage1_run_id"] == stage1.info.run_id
+    assert run.data.params["cfg.stage1"] == stage1.info.run_id
+    # a Stage-1 model of another width is refused before any Stage-2 run exists
+    assert train(tiny_dataset, "--stage1", stage1.info.run_id, "--width", "0.5") == 2
+    assert len(stage2_runs(exp)) == 1
