@@ -60,6 +60,9 @@ def select(store, split, to_target) -> SplitData:
         if len(index[name]) == 0:
             raise UserError(f"the {name} split of {store.path} has no blocks for this stage; "
                             "build a larger data set (more sources) with `av1-ablation dataset`")
+    print(f"data set {store.path}: {len(store.labels)} blocks; this stage uses "
+          + " / ".join(f"{len(index[k])} {k}" for k in index)
+          + (f" ({split.note})" if split.note else ""))
     return SplitData(store, split, index, targets)
 
 

@@ -102,6 +102,9 @@ def train_stage1(cfg: Stage1Config, data: SplitData, *, run_id: str | None = Non
                 logits, y, _ = evaluate_split(name)
                 final.update(binary_metrics(y, torch.sigmoid(logits).numpy(), prefix=prefix))
         mlflow.log_metrics(final)
+        print(f"Stage 1: selected epoch {history.best_epoch}: val F1 {final['best_val_f1']:.4f}"
+              + (f", test F1 {final['test_f1']:.4f}, test ROC AUC {final['test_roc_auc']:.4f}"
+                 if "test_f1" in final else ""))
         log_figure(learning_curve_figure(history.metrics, score_key=SCORE, title="Stage 1"),
                    "figures/learning_curves.png")
         log_json({"config": dataclasses.asdict(cfg), "final": final, "epochs": history.metrics},

@@ -190,6 +190,10 @@ def log_selected_checkpoint(cfg: Stage2Config, data, history: History, evaluate_
         log_figure(confusion_figure(y, pred, title=f"{name}, epoch {history.best_epoch}"),
                    f"figures/confusion_{name}.png")
     mlflow.log_metrics(final)
+    print(f"selected epoch {history.best_epoch} of {history.epoch}: val macro-F1 "
+          f"{final['best_val_macro_f1']:.4f}" + ("" if "test_macro_f1" not in final else
+          f", test macro-F1 {final['test_macro_f1']:.4f} (SPLIT {final['test_f1_split']:.4f}, "
+          f"RECT {final['test_f1_rect']:.4f}, AB {final['test_f1_ab']:.4f}), test ECE {final['test_ece']:.4f}"))
     log_figure(learning_curve_figure(history.metrics, score_key=SCORE,
                                      title=f"{cfg.loss_type}, seed {cfg.seed}"),
                "figures/learning_curves.png")
