@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from av1_ablation.errors import UserError
+from av1_ablation.errors import Terminated, UserError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "dataset": ("av1_ablation.dataset.command", "build a labelled block store with aomenc + libaom"),
@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"av1-ablation {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"av1-ablation {args.command}: terminated", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

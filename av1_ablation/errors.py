@@ -6,3 +6,7 @@ class UserError(Exception):
 
     Messages name the problem and the fix.
     """
+
+
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that ``finally`` blocks and run bookkeeping run."""

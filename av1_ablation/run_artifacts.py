@@ -5,15 +5,12 @@ import json
 import tempfile
 from pathlib import Path
 
-import matplotlib
+import mlflow
+import numpy as np
+import torch
+from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from av1_ablation.metrics import CLASS_KEYS  # noqa: E402
+from av1_ablation.metrics import CLASS_KEYS
 
 PREDICTION_COLUMNS = ("block_index", "y_true", "y_pred", *(f"p_{k}" for k in CLASS_KEYS))
 
@@ -44,13 +41,13 @@ def log_json(obj, artifact_file: str) -> None:
 
 def log_figure(fig, artifact_file: str) -> None:
     mlflow.log_figure(fig, artifact_file)
-    plt.close(fig)
 
 
 def learning_curve_figure(history: list[dict], *, score_key: str, title: str):
     """Train/val loss and the validation selection score per epoch."""
     epochs = np.arange(1, len(history) + 1)
-    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    ax_loss, ax_score = fig.subplots(1, 2)
     ax_loss.plot(epochs, [m["train_loss"] for m in history], marker="o", label="train")
     ax_loss.plot(epochs, [m["val_loss"] for m in history], marker="o", label="val")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")

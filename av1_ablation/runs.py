@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from av1_ablation.errors import UserError
+from av1_ablation.run_artifacts import PREDICTION_COLUMNS
 
-PREDICTION_COLUMNS = ("block_index", "y_true", "y_pred", "p_split", "p_rect", "p_ab")
 PREDICTIONS_ARTIFACT = "predictions/test.csv"
 # The ablation's own variables, and fields that do not change what is learned.
 # cfg.data is a local path; the data set itself is compared by its fingerprint tag.

@@ -135,8 +135,9 @@ def train_stage2(cfg: Stage2Config, *, run_id: str | None = None, run_name: str 
             return {"val_loss": loss, **classification_metrics(y, logits.argmax(1).numpy(), prefix="val_")}
 
         def on_epoch(hist: History, metrics: dict):
-            mlflow.log_metrics(metrics, step=hist.epoch)
+            # resume point first: a signal may arrive while the metrics are being logged
             state["resume_point"] = resume_point(cfg, model, optimizer, scheduler, hist)
+            mlflow.log_metrics(metrics, step=hist.epoch)
 
         try:
             history = fit(model, model.forward_from_prefix, splits["train"], train_inputs, evaluate,

@@ -15,12 +15,10 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from av1_ablation.errors import Terminated
+
 KIND_TAG = "av1.kind"
 FAILURE_TAG = "av1.failure_reason"
-
-
-class Terminated(BaseException):
-    """SIGTERM, turned into an exception so that ``finally`` blocks and run bookkeeping run."""
 
 
 def _raise_terminated(signum, frame):
@@ -130,15 +128,7 @@ def experiment_id() -> str:
     return _get_experiment_id()
 
 
-def run_command_exit(exc: BaseException) -> int:
-    if isinstance(exc, KeyboardInterrupt):
-        return 130
-    if isinstance(exc, Terminated):
-        return 143
-    return 1
-
-
 __all__ = [
     "KIND_TAG", "FAILURE_TAG", "Terminated", "tracked_run", "log_new_params", "finished_runs",
-    "environment_tags", "fail_pending_run", "experiment_id", "git_commit", "run_command_exit",
+    "environment_tags", "fail_pending_run", "experiment_id", "git_commit",
 ]
