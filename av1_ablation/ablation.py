@@ -109,7 +109,7 @@ def run_ablation(base: Stage2Config, losses: list[str], seeds: list[int], *, job
         mlflow.set_tags({CHILDREN_TAG: ",".join([*done.values(), *child_ids.values()]),
                          "av1.reused_children": ",".join(done.values())})
         if jobs == 1:
-            failed = [name for cfg, rid in child_ids.items() if (name := _train_in_process(cfg, rid))]
+            failed = [name for cfg, rid in child_ids.items() if (name := _train_in_process(cfg, rid, data))]
         else:
             failed = _train_in_subprocesses(child_ids, jobs)
         summarise(parent.info.run_id, [*done.values(), *child_ids.values()])
@@ -129,12 +129,12 @@ def finished_twin(cfg: Stage2Config, data) -> str | None:
     return None
 
 
-def _train_in_process(cfg: Stage2Config, run_id: str) -> str | None:
+def _train_in_process(cfg: Stage2Config, run_id: str, data) -> str | None:
     from av1_ablation.stage2 import train_stage2
 
     try:
         train_stage2(cfg, run_id=run_id, run_name=f"{cfg.loss_type}-seed{cfg.seed}",
-                     stage1_run_id=cfg.stage1)
+                     stage1_run_id=cfg.stage1, data=data)
     except Exception as exc:  # the child is already marked FAILED with the reason
         print(f"child {cfg.loss_type}-seed{cfg.seed} failed: {exc}", file=sys.stderr)
         return f"{cfg.loss_type}-seed{cfg.seed}"

@@ -68,16 +68,18 @@ def run(args) -> int:
 
 
 def train_stage2(cfg: Stage2Config, *, run_id: str | None = None, run_name: str | None = None,
-                 resume: tuple[str, dict] | None = None, stage1_run_id: str | None = None) -> str:
-    """Train one arm and record it; returns the run id. ``stage1_run_id`` skips the Stage-1
-    lookup (the ablation resolves it once for all its children)."""
+                 resume: tuple[str, dict] | None = None, stage1_run_id: str | None = None,
+                 data=None) -> str:
+    """Train one arm and record it; returns the run id. ``stage1_run_id`` and ``data`` (the
+    loaded Stage-2 :class:`~av1_ablation.experiment.SplitData` of ``cfg``) skip the Stage-1
+    lookup and the data loading: the ablation does both once for all its children."""
     from av1_ablation.stage1 import resolve_stage1
 
     # Take the run `mlflow run` created now: ending a Stage-1 run below clears MLFLOW_RUN_ID.
     run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
     try:
         device = resolve_device(cfg.device)
-        data = load_split_data(cfg, to_stage2)
+        data = data or load_split_data(cfg, to_stage2)
         stage1 = resolve_stage1(stage1_run_id or cfg.stage1, data=data, width=cfg.width,
                                 device=cfg.device, preset=cfg.preset)
         backbone = stage1.backbone(cfg.width)
