@@ -36,8 +36,16 @@ class SplitData:
         return {**self.fingerprints(), "av1.dataset_path": str(self.store.path),
                 **({"av1.split_note": self.split.note} if self.split.note else {})}
 
-    def sizes(self) -> dict[str, int]:
-        return {f"n_{name}": len(idx) for name, idx in self.index.items()}
+    def params(self) -> dict[str, str]:
+        """The split sizes, as run params."""
+        return {f"data.n_{name}": str(len(idx)) for name, idx in self.index.items()}
+
+    def on_device(self, device) -> dict:
+        """Split name -> :class:`~av1_ablation.tensors.DeviceBlocks` of this stage's blocks."""
+        from av1_ablation.tensors import DeviceBlocks
+
+        return {k: DeviceBlocks(self.store.blocks[idx], self.targets[k], device)
+                for k, idx in self.index.items()}
 
 
 def load_split_data(cfg, to_target) -> SplitData:

@@ -29,7 +29,6 @@ from av1_ablation.models import (Backbone, Stage1Model, count_parameters, load_s
                                  scaled_channels)
 from av1_ablation.partitions import to_stage1
 from av1_ablation.run_artifacts import learning_curve_figure, log_figure, log_json, log_torch
-from av1_ablation.tensors import DeviceBlocks
 from av1_ablation.tracking import (environment_tags, experiment_id, fail_pending_run, finished_runs,
                                    log_new_params, tracked_run)
 from av1_ablation.training import fit, predict, set_determinism
@@ -64,7 +63,7 @@ def train_stage1(cfg: Stage1Config, data: SplitData, *, run_id: str | None = Non
     tags = {**data.tags(), **environment_tags(device), **(tags or {})}
     nested = mlflow.active_run() is not None
     with tracked_run(kind="stage1", run_id=run_id, run_name="stage1", tags=tags, nested=nested) as run:
-        log_new_params({**config_mod.to_params(cfg), **{f"data.{k}": v for k, v in data.sizes().items()}})
+        log_new_params({**config_mod.to_params(cfg), **data.params()})
         log_dataset_input(data)
         set_determinism(cfg.seed)
         model = Stage1Model(cfg.width).to(device)
@@ -73,8 +72,7 @@ def train_stage1(cfg: Stage1Config, data: SplitData, *, run_id: str | None = Non
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs,
                                                                eta_min=cfg.lr_min)
-        splits = {k: DeviceBlocks(data.store.blocks[idx], data.targets[k], device)
-                  for k, idx in data.index.items()}
+        splits = data.on_device(device)
 
         def binary_criterion(logits, y):
             return criterion(logits, y.float())

@@ -103,7 +103,7 @@ def train_stage2(cfg: Stage2Config, *, run_id: str | None = None, run_name: str 
                      on_interrupt=log_resume_point) as run:
         if resume is None:
             log_new_params({"loss_type": cfg.loss_type, "seed": str(cfg.seed),
-                            **config_mod.to_params(cfg), **{f"data.{k}": v for k, v in data.sizes().items()}})
+                            **config_mod.to_params(cfg), **data.params()})
             log_dataset_input(data)
         set_determinism(cfg.seed)
         model, criterion, optimizer, scheduler = build_training(cfg, backbone, data.targets["train"],
@@ -114,8 +114,7 @@ def train_stage2(cfg: Stage2Config, *, run_id: str | None = None, run_name: str 
         else:
             mlflow.log_metrics({f"{k}_params": v for k, v in count_parameters(model).items()})
 
-        splits = {k: DeviceBlocks(data.store.blocks[idx], data.targets[k], device)
-                  for k, idx in data.index.items()}
+        splits = data.on_device(device)
         t0 = time.perf_counter()
         features = {k: prefix_features(model, s, cfg.augment and k == "train", cfg.eval_batch_size)
                     for k, s in splits.items()}

@@ -45,9 +45,6 @@ class DeviceBlocks:
     def __len__(self) -> int:
         return len(self.targets)
 
-    def class_counts(self, n_classes: int) -> list[int]:
-        return torch.bincount(self.targets, minlength=n_classes).tolist()
-
     def inputs(self, idx: torch.Tensor, variants: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised (B, 1, 16, 16) inputs, each transformed by its dihedral variant."""
         x = normalise(self.blocks[idx])
