@@ -91,11 +91,12 @@ def run_ablation(base: Stage2Config, losses: list[str], seeds: list[int], *, job
     from av1_ablation.stage1 import resolve_stage1
 
     data = load_split_data(base, to_stage2)
+    data.check_qp_input(base.qp_input)
     with tracked_run(kind="ablation", run_name="ablation", tags=data.tags()) as parent:
         log_new_params({"losses": ",".join(losses), "seeds": ",".join(map(str, seeds)),
                         "jobs": str(jobs), **config_mod.to_params(base)})
         stage1 = resolve_stage1(base.stage1, data=data, width=base.width, device=base.device,
-                                preset=base.preset)
+                                preset=base.preset, qp_input=base.qp_input)
         mlflow.set_tag("av1.stage1_run_id", stage1.run_id or "")
         arms = [dataclasses.replace(base, loss_type=loss, seed=seed,
                                     stage1=stage1.run_id or stage1.source)

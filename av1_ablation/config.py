@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, fields
 
 from av1_ablation.errors import UserError
+from av1_ablation.models.qp import QP_INPUTS
 
 ADAPTABLE_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 SAMPLERS = ("balanced", "none")
@@ -37,6 +38,8 @@ class Stage2Config:
     cb_beta: float = 0.9999  # class-balanced weights (Cui et al. 2019)
     adapter_reduction: int = 4  # Conv-Adapter bottleneck: channels / reduction
     adapter_layers: tuple[str, ...] = ("layer3", "layer4")
+    qp_input: str = "none"  # how the head reads the QP: none, concat or film (models/qp.py)
+    finetune: bool = False  # train the backbone too (the `finetune` reference), at lr_adapter
     sampler: str = "balanced"  # class-balanced sampling with replacement, or plain shuffling
     augment: bool = True  # random dihedral transform per block: SPLIT/RECT/AB are invariant to it
     width: float = 1.0  # channel multiplier of the ResNet-18 backbone
@@ -80,6 +83,7 @@ class Stage1Config:
     weight_decay: float = 0.0001
     focal_alpha: float = 0.25
     focal_gamma: float = 2.5
+    qp_input: str = "none"  # how the head reads the QP: none, concat or film (models/qp.py)
     sampler: str = "balanced"
     augment: bool = True
     width: float = 1.0
@@ -188,6 +192,8 @@ def _validate_common(cfg) -> None:
         raise UserError(f"sampler={cfg.sampler!r} is not one of {', '.join(SAMPLERS)}")
     if cfg.device not in DEVICES and not cfg.device.startswith("cuda:"):
         raise UserError(f"device={cfg.device!r} is not one of {', '.join(DEVICES)} (or cuda:N)")
+    if cfg.qp_input not in QP_INPUTS:
+        raise UserError(f"qp_input={cfg.qp_input!r} is not one of {', '.join(QP_INPUTS)}")
     if cfg.split_mode not in SPLIT_MODES:
         raise UserError(f"split_mode={cfg.split_mode!r} is not one of {', '.join(SPLIT_MODES)}")
     if cfg.width > 4:

@@ -44,8 +44,21 @@ class SplitData:
         """Split name -> :class:`~av1_ablation.tensors.DeviceBlocks` of this stage's blocks."""
         from av1_ablation.tensors import DeviceBlocks
 
-        return {k: DeviceBlocks(self.store.blocks[idx], self.targets[k], device)
+        return {k: DeviceBlocks(self.store.blocks[idx], self.targets[k], device,
+                                qindex=self.store.qindex[idx])
                 for k, idx in self.index.items()}
+
+    def check_qp_input(self, qp_input: str) -> None:
+        """Refuse QP input on a data set whose training blocks share one qindex (a legacy
+        import stores the original pipeline's constant): the model could learn nothing from it."""
+        if qp_input == "none":
+            return
+        values = np.unique(self.store.qindex[self.index["train"]])
+        if len(values) < 2:
+            raise UserError(f"qp_input={qp_input} needs training blocks encoded at two or more QPs, "
+                            f"but every training block of {self.store.path} has qindex "
+                            f"{values[0] if len(values) else '(none)'}; use qp_input=none with this "
+                            "data set, or build one with `av1-ablation dataset --qp ...`")
 
 
 def load_split_data(cfg, to_target) -> SplitData:

@@ -13,18 +13,22 @@ from matplotlib.figure import Figure  # no pyplot: no global backend or figure r
 from av1_ablation.metrics import CLASS_KEYS
 
 PREDICTION_COLUMNS = ("block_index", "y_true", "y_pred", *(f"p_{k}" for k in CLASS_KEYS))
+# Written since QP input and cluster statistics; not required of older runs.
+CONTEXT_COLUMNS = ("qindex", "cluster")
 
 
 def log_predictions(split_name: str, block_index: np.ndarray, y_true: np.ndarray,
-                    proba: np.ndarray) -> None:
-    """``predictions/<split>.csv``: one row per block, sorted by its index in the data set."""
+                    proba: np.ndarray, *, qindex: np.ndarray, cluster: np.ndarray) -> None:
+    """``predictions/<split>.csv``: one row per block, sorted by its index in the data set;
+    ``qindex`` is the block's encode, ``cluster`` its source picture (or clip)."""
     order = np.argsort(block_index, kind="stable")
-    table = np.column_stack([block_index[order], y_true[order], proba[order].argmax(1), proba[order]])
-    fmt = ["%d", "%d", "%d"] + ["%.6f"] * proba.shape[1]
+    table = np.column_stack([block_index[order], y_true[order], proba[order].argmax(1),
+                             proba[order], qindex[order], cluster[order]])
+    fmt = ["%d", "%d", "%d"] + ["%.6f"] * proba.shape[1] + ["%d", "%d"]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{split_name}.csv"
-        np.savetxt(path, table, fmt=fmt, delimiter=",", header=",".join(PREDICTION_COLUMNS),
-                   comments="")
+        np.savetxt(path, table, fmt=fmt, delimiter=",",
+                   header=",".join(PREDICTION_COLUMNS + CONTEXT_COLUMNS), comments="")
         mlflow.log_artifact(str(path), artifact_path="predictions")
 
 

@@ -24,7 +24,7 @@ from av1_ablation.config import STAGE1_PRESETS, Stage1Config
 from av1_ablation.errors import UserError
 from av1_ablation.experiment import SplitData, load_split_data, log_dataset_input, resolve_device, select
 from av1_ablation.losses import BinaryFocalLoss
-from av1_ablation.metrics import binary_metrics
+from av1_ablation.metrics import binary_metrics, f1_threshold
 from av1_ablation.models import (Backbone, Stage1Model, count_parameters, load_stage1_backbone,
                                  scaled_channels)
 from av1_ablation.partitions import to_stage1
@@ -33,7 +33,8 @@ from av1_ablation.tracking import (environment_tags, experiment_id, fail_pending
                                    log_new_params, tracked_run)
 from av1_ablation.training import fit, predict, set_determinism
 
-SCORE = "val_f1"
+# Threshold-free: F1 at a fixed 0.5 swung between 0.34 and 0.78 from epoch to epoch
+SCORE = "val_roc_auc"
 CHECKPOINT = "checkpoint/model.pt"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -49,6 +50,7 @@ def run(args) -> int:
     try:
         cfg = config_mod.resolve(Stage1Config, overrides, STAGE1_PRESETS)
         data = load_split_data(cfg, to_stage1)
+        data.check_qp_input(cfg.qp_input)
     except UserError as exc:
         fail_pending_run(str(exc))
         raise
@@ -66,7 +68,7 @@ def train_stage1(cfg: Stage1Config, data: SplitData, *, run_id: str | None = Non
         log_new_params({**config_mod.to_params(cfg), **data.params()})
         log_dataset_input(data)
         set_determinism(cfg.seed)
-        model = Stage1Model(cfg.width).to(device)
+        model = Stage1Model(cfg.width, qp_input=cfg.qp_input).to(device)
         mlflow.log_metrics({f"{k}_params": v for k, v in count_parameters(model).items()})
         criterion = BinaryFocalLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -77,31 +79,39 @@ def train_stage1(cfg: Stage1Config, data: SplitData, *, run_id: str | None = Non
         def binary_criterion(logits, y):
             return criterion(logits, y.float())
 
-        def evaluate_split(name):
+        def inputs(name):
             s = splits[name]
-            logits = predict(model, s.inputs, len(s), cfg.eval_batch_size)
-            y = s.targets.cpu()
-            return logits, y.numpy(), float(binary_criterion(logits, y))
+            return lambda idx, variants=None: (s.inputs(idx, variants), s.qp[idx])
+
+        def evaluate_split(name):
+            logits = predict(model, inputs(name), len(splits[name]), cfg.eval_batch_size)
+            y = splits[name].targets.cpu()
+            return torch.sigmoid(logits).numpy(), y.numpy(), float(binary_criterion(logits, y))
 
         def evaluate():
-            logits, y, loss = evaluate_split("val")
-            return {"val_loss": loss, **binary_metrics(y, torch.sigmoid(logits).numpy(), prefix="val_")}
+            score, y, loss = evaluate_split("val")
+            return {"val_loss": loss, **binary_metrics(y, score, prefix="val_")}
 
-        history = fit(model, model, splits["train"], splits["train"].inputs, evaluate,
+        history = fit(model, model, splits["train"], inputs("train"), evaluate,
                       binary_criterion, optimizer, scheduler, cfg, score_key=SCORE,
                       on_epoch=lambda h, m: mlflow.log_metrics(m, step=h.epoch))
         model.load_state_dict(history.best_state)
         model.eval()
         final = {"best_epoch": history.best_epoch, "epochs_run": history.epoch,
                  "train_seconds": sum(m["epoch_seconds"] for m in history.metrics)}
-        # the selected checkpoint's validation figures: best_val_* (val_* is the per-epoch history)
-        for name, prefix in (("val", "best_val_"), ("test", "test_")):
-            if len(splits[name]):
-                logits, y, _ = evaluate_split(name)
-                final.update(binary_metrics(y, torch.sigmoid(logits).numpy(), prefix=prefix))
+        # the selected checkpoint's validation figures: best_val_* (val_* is the per-epoch
+        # history); the decision threshold is chosen on validation and applied to test
+        val_score, val_y, _ = evaluate_split("val")
+        threshold = f1_threshold(val_y, val_score)
+        final["decision_threshold"] = threshold
+        final.update(binary_metrics(val_y, val_score, threshold=threshold, prefix="best_val_"))
+        if len(splits["test"]):
+            test_score, test_y, _ = evaluate_split("test")
+            final.update(binary_metrics(test_y, test_score, threshold=threshold, prefix="test_"))
         mlflow.log_metrics(final)
-        print(f"Stage 1: selected epoch {history.best_epoch}: val F1 {final['best_val_f1']:.4f}"
-              + (f", test F1 {final['test_f1']:.4f}, test ROC AUC {final['test_roc_auc']:.4f}"
+        print(f"Stage 1: selected epoch {history.best_epoch}: val ROC AUC {final['best_val_roc_auc']:.4f}, "
+              f"threshold {threshold:.3f} (val F1 {final['best_val_f1']:.4f})"
+              + (f", test ROC AUC {final['test_roc_auc']:.4f}, test F1 {final['test_f1']:.4f}"
                  if "test_f1" in final else ""))
         log_figure(learning_curve_figure(history.metrics, score_key=SCORE, title="Stage 1"),
                    "figures/learning_curves.png")
@@ -129,11 +139,13 @@ class Stage1Ref:
 
 
 def resolve_stage1(spec: str, *, data: SplitData, width: float, device: str,
-                   preset: str = "auto") -> Stage1Ref:
-    """Turn the ``stage1`` parameter into a checkpoint (training one for ``auto`` if needed)."""
+                   preset: str = "auto", qp_input: str = "none") -> Stage1Ref:
+    """Turn the ``stage1`` parameter into a checkpoint (training one for ``auto`` if needed,
+    with the same QP input as the Stage-2 run)."""
     spec = str(spec).strip()
     if spec == "auto":
-        run_id = find_stage1_run(data, width, preset) or train_stage1_for(data, width, device, preset)
+        run_id = (find_stage1_run(data, width, preset, qp_input)
+                  or train_stage1_for(data, width, device, preset, qp_input))
         return _from_run(run_id)
     if RUN_ID.match(spec) and not Path(spec).exists():
         return _from_run(spec)
@@ -144,25 +156,29 @@ def resolve_stage1(spec: str, *, data: SplitData, width: float, device: str,
     return Stage1Ref(None, str(path.resolve()), path)
 
 
-def find_stage1_run(data: SplitData, width: float, preset: str) -> str | None:
-    """The newest FINISHED Stage-1 run for this data set, split, width and preset (a one-epoch
-    ``smoke`` backbone must never stand in for a real one)."""
+def find_stage1_run(data: SplitData, width: float, preset: str, qp_input: str = "none") -> str | None:
+    """The newest FINISHED Stage-1 run for this data set, split, width, preset and QP input (a
+    one-epoch ``smoke`` backbone must never stand in for a real one)."""
     preset = _stage1_preset(preset, width)
     runs = finished_runs("stage1", tags=data.fingerprints(),
-                         params={"cfg.width": str(float(width)), "cfg.preset": preset}, max_results=1)
+                         params={"cfg.width": str(float(width)), "cfg.preset": preset,
+                                 "cfg.qp_input": qp_input}, max_results=1)
     return runs[0].info.run_id if runs else None
 
 
-def train_stage1_for(data: SplitData, width: float, device: str, preset: str) -> str:
+def train_stage1_for(data: SplitData, width: float, device: str, preset: str,
+                     qp_input: str = "none") -> str:
     """Train the Stage-1 model that ``stage1=auto`` asked for, as a run of its own, with
     the Stage-1 preset of the same name as the Stage-2 run's."""
     preset = _stage1_preset(preset, width)
     cfg = config_mod.resolve(Stage1Config, {"preset": preset, "width": width, "device": device,
+                                            "qp_input": qp_input,
                                             "data": str(data.store.path),
                                             "split_mode": data.split.params.get("mode", "source"),
                                             "split_seed": data.split.params.get("seed", 0)},
                              STAGE1_PRESETS)
-    print(f"stage1=auto: no Stage-1 run for this data set, split and width {width}; training one "
+    print(f"stage1=auto: no Stage-1 run for this data set, split, width {width} and qp_input "
+          f"{qp_input}; training one "
           f"(preset {preset}, {cfg.epochs} epochs)")
     run = MlflowClient().create_run(experiment_id(), run_name="stage1")
     stage1_data = select(data.store, data.split, to_stage1)

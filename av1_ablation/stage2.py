@@ -23,7 +23,8 @@ from av1_ablation.config import STAGE2_PRESETS, Stage2Config
 from av1_ablation.errors import UserError
 from av1_ablation.experiment import load_split_data, log_dataset_input, resolve_device
 from av1_ablation.losses import build_loss
-from av1_ablation.metrics import calibration_metrics, classification_metrics, confusion_figure
+from av1_ablation.metrics import (calibration_metrics, classification_metrics, confusion_figure,
+                                  flatten_per_qp, per_qp_figure, per_qp_metrics)
 from av1_ablation.models import Stage2Model, count_parameters
 from av1_ablation.partitions import STAGE2_NAMES, to_stage2
 from av1_ablation.run_artifacts import (learning_curve_figure, log_figure, log_json,
@@ -80,8 +81,9 @@ def train_stage2(cfg: Stage2Config, *, run_id: str | None = None, run_name: str 
     try:
         device = resolve_device(cfg.device)
         data = data or load_split_data(cfg, to_stage2)
+        data.check_qp_input(cfg.qp_input)
         stage1 = resolve_stage1(stage1_run_id or cfg.stage1, data=data, width=cfg.width,
-                                device=cfg.device, preset=cfg.preset)
+                                device=cfg.device, preset=cfg.preset, qp_input=cfg.qp_input)
         backbone = stage1.backbone(cfg.width)
         # log what was used: "auto" becomes the Stage-1 run id, so equal runs have equal params
         cfg = dataclasses.replace(cfg, stage1=stage1.run_id or stage1.source)
@@ -121,11 +123,12 @@ def train_stage2(cfg: Stage2Config, *, run_id: str | None = None, run_name: str 
         mlflow.log_metric("prefix_cache_seconds", time.perf_counter() - t0)
 
         def train_inputs(idx, variants):
-            cache = features["train"]
-            return cache[0][idx] if variants is None else cache[variants, idx]
+            cache, qp = features["train"], splits["train"].qp[idx]
+            return (cache[0][idx], qp) if variants is None else (cache[variants, idx], qp)
 
         def evaluate_split(name):
-            logits = predict(model.forward_from_prefix, lambda i: features[name][0][i],
+            logits = predict(model.forward_from_prefix,
+                             lambda i: (features[name][0][i], splits[name].qp[i]),
                              len(splits[name]), cfg.eval_batch_size)
             y = splits[name].targets.cpu()
             loss = float(criterion(logits.to(device), y.to(device)))
@@ -156,13 +159,14 @@ def train_stage2(cfg: Stage2Config, *, run_id: str | None = None, run_name: str 
 def build_training(cfg: Stage2Config, backbone, train_targets: np.ndarray, device):
     """Model, loss, optimiser and schedule of one arm: everything but the loss is shared."""
     model = Stage2Model(backbone, width=cfg.width, adapter_layers=cfg.adapter_layers,
-                        adapter_reduction=cfg.adapter_reduction).to(device)
+                        adapter_reduction=cfg.adapter_reduction, qp_input=cfg.qp_input,
+                        frozen=not cfg.finetune).to(device)
     counts = np.bincount(train_targets, minlength=len(STAGE2_NAMES)).tolist()
     criterion = build_loss(cfg.loss_type, counts, beta=cfg.cb_beta).to(device)
-    groups = model.parameter_groups()
+    lrs = {"adapter": cfg.lr_adapter, "head": cfg.lr_head, "backbone": cfg.lr_adapter}
     optimizer = torch.optim.AdamW(
-        [{"params": groups["adapter"], "lr": cfg.lr_adapter, "name": "adapter"},
-         {"params": groups["head"], "lr": cfg.lr_head, "name": "head"}],
+        [{"params": params, "lr": lrs[name], "name": name}
+         for name, params in model.parameter_groups().items()],
         weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
@@ -184,13 +188,9 @@ def log_selected_checkpoint(cfg: Stage2Config, data, history: History, evaluate_
             continue
         logits, y, loss = evaluate_split(name)
         proba = torch.softmax(logits.double(), 1).numpy()
-        pred = proba.argmax(1)
         final[f"{prefix}loss"] = loss
-        final.update(classification_metrics(y, pred, prefix=prefix))
-        final.update(calibration_metrics(y, proba, prefix=prefix))
-        log_predictions(name, data.index[name], y, proba)
-        log_figure(confusion_figure(y, pred, title=f"{name}, epoch {history.best_epoch}"),
-                   f"figures/confusion_{name}.png")
+        final.update(log_evaluation(data, name, prefix, y, proba,
+                                    title=f"{name}, epoch {history.best_epoch}"))
     mlflow.log_metrics(final)
     print(f"selected epoch {history.best_epoch} of {history.epoch}: val macro-F1 "
           f"{final['best_val_macro_f1']:.4f}" + ("" if "test_macro_f1" not in final else
@@ -205,6 +205,25 @@ def log_selected_checkpoint(cfg: Stage2Config, data, history: History, evaluate_
                "state_dict": history.best_state, "class_names": list(STAGE2_NAMES),
                "dataset_fingerprint": data.store.fingerprint,
                "split_fingerprint": data.split.fingerprint}, BEST_CHECKPOINT)
+
+
+def log_evaluation(data, split_name: str, prefix: str, y: np.ndarray, proba: np.ndarray, *,
+                   title: str) -> dict[str, float]:
+    """The Stage-2 metric contract of one split: classification, calibration and per-QP
+    metrics, the predictions file and the figures. Shared by the loss arms and the
+    reference models, so ``compare`` reads both alike."""
+    pred = proba.argmax(1)
+    idx = data.index[split_name]
+    qindex = data.store.qindex[idx]
+    metrics = {**classification_metrics(y, pred, prefix=prefix),
+               **calibration_metrics(y, proba, prefix=prefix)}
+    per_qp = per_qp_metrics(y, pred, qindex)
+    metrics.update({f"{prefix}{key}": v for key, v in flatten_per_qp(per_qp).items()})
+    log_predictions(split_name, idx, y, proba, qindex=qindex, cluster=data.store.source[idx])
+    log_figure(confusion_figure(y, pred, title=title), f"figures/confusion_{split_name}.png")
+    if split_name == "test":
+        log_figure(per_qp_figure(per_qp, title=f"{title}: per QP"), "figures/per_qp_test.png")
+    return metrics
 
 
 @torch.no_grad()
@@ -243,14 +262,16 @@ def load_model(path) -> tuple[Stage2Model, Stage2Config]:
     """The selected model of a Stage-2 run from its ``checkpoint/model.pt``, in eval mode.
 
     Example: ``load_model(mlflow.artifacts.download_artifacts(run_id=..., artifact_path=
-    "checkpoint/model.pt"))``; the model takes (B, 1, 16, 16) blocks divided by 1023.
+    "checkpoint/model.pt"))``; the model takes (B, 1, 16, 16) blocks divided by 1023 and,
+    when ``cfg.qp_input != "none"``, the blocks' ``standardise_qindex(qindex)``.
     """
     point = torch.load(path, map_location="cpu", weights_only=False)
     if point.get("kind") != "stage2":
         raise UserError(f"{path} is not a Stage-2 checkpoint of this project")
     cfg = config_mod.from_dict(Stage2Config, point["config"])
     model = Stage2Model(width=cfg.width, adapter_layers=cfg.adapter_layers,
-                        adapter_reduction=cfg.adapter_reduction)
+                        adapter_reduction=cfg.adapter_reduction, qp_input=cfg.qp_input,
+                        frozen=not cfg.finetune)
     model.load_state_dict(point["state_dict"])
     return model.eval(), cfg
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from av1_ablation.models.qp import standardise_qindex
+
 MAX_SAMPLE = 1023.0  # 10-bit luma
 N_DIHEDRAL = 8  # rotations by 0/90/180/270 degrees, each optionally transposed
 
@@ -31,15 +33,22 @@ def dihedral(x: torch.Tensor, variant: int) -> torch.Tensor:
 
 
 class DeviceBlocks:
-    """The blocks of one split and their class targets, resident on ``device``."""
+    """The blocks of one split, their class targets and standardised qindex (``qp``),
+    resident on ``device``."""
 
-    def __init__(self, blocks: np.ndarray, targets: np.ndarray, device: torch.device):
+    def __init__(self, blocks: np.ndarray, targets: np.ndarray, device: torch.device,
+                 qindex: np.ndarray | None = None):
         if len(blocks) != len(targets):
             raise ValueError(f"{len(blocks)} blocks but {len(targets)} targets")
         if blocks.size and int(blocks.max()) > MAX_SAMPLE:
             raise ValueError(f"samples above {MAX_SAMPLE:.0f}: blocks must be 10-bit")
+        if qindex is None:
+            qindex = np.zeros(len(targets), dtype=np.int64)
+        elif len(qindex) != len(targets):
+            raise ValueError(f"{len(targets)} targets but {len(qindex)} qindex values")
         self.blocks = torch.from_numpy(np.ascontiguousarray(blocks).astype(np.int16)).to(device)
         self.targets = torch.from_numpy(np.asarray(targets, dtype=np.int64)).to(device)
+        self.qp = standardise_qindex(np.asarray(qindex, dtype=np.int64)).to(device)
         self.device = device
 
     def __len__(self) -> int:

@@ -50,7 +50,11 @@ def set_determinism(seed: int) -> None:
 
 def train_one_epoch(forward, data: DeviceBlocks, inputs, criterion, optimizer, *,
                     epoch: int, seed: int, sampler: str, augment: bool, batch_size: int) -> dict:
-    """One pass of len(data) sampled blocks; returns train loss and throughput."""
+    """One pass of len(data) sampled blocks; returns train loss and throughput.
+
+    ``inputs(idx, variants)`` returns the tuple of ``forward``'s arguments for those blocks
+    (each transformed by its dihedral variant; ``variants`` is None without augmentation).
+    """
     torch.manual_seed(seed * 100_003 + epoch)  # dropout: same draws after a resume
     gen = epoch_generator(seed, epoch)
     order = epoch_order(data.targets, sampler, gen)
@@ -60,10 +64,11 @@ def train_one_epoch(forward, data: DeviceBlocks, inputs, criterion, optimizer, *
     loss_sum = torch.zeros((), device=order.device)
     start = time.perf_counter()
     steps = range(0, len(order), batch_size)
-    for step, i in enumerate(tqdm(steps, desc=f"epoch {epoch}", leave=False, unit="batch")):
+    for step, i in enumerate(tqdm(steps, desc=f"epoch {epoch}", leave=False, unit="batch",
+                                          disable=None)):
         idx = order[i:i + batch_size]
-        x = inputs(idx, None if variants is None else variants[i:i + batch_size])
-        loss = criterion(forward(x), data.targets[idx])
+        args = inputs(idx, None if variants is None else variants[i:i + batch_size])
+        loss = criterion(forward(*args), data.targets[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -78,8 +83,11 @@ def train_one_epoch(forward, data: DeviceBlocks, inputs, criterion, optimizer, *
 
 @torch.no_grad()
 def predict(forward, inputs, n: int, batch_size: int) -> torch.Tensor:
-    """Logits for blocks 0..n-1 of a split, in order, as float32 on the CPU."""
-    chunks = [forward(inputs(torch.arange(i, min(i + batch_size, n)))).float().cpu()
+    """Logits for blocks 0..n-1 of a split, in order, as float32 on the CPU.
+
+    ``inputs(idx)`` returns the tuple of ``forward``'s arguments for those blocks.
+    """
+    chunks = [forward(*inputs(torch.arange(i, min(i + batch_size, n)))).float().cpu()
               for i in range(0, n, batch_size)]
     return torch.cat(chunks) if chunks else torch.empty(0)
 

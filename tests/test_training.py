@@ -85,12 +85,19 @@ def test_train_run_records_contract(tiny_dataset, tracking_store):
     preds = np.loadtxt(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
                                                            artifact_path="predictions/test.csv"),
                        delimiter=",", skiprows=1)
-    assert np.allclose(preds[:, 3:].sum(1), 1, atol=1e-4)
+    assert np.allclose(preds[:, 3:6].sum(1), 1, atol=1e-4)
+    store = load_store(tiny_dataset)
+    rows = preds[:, 0].astype(int)
+    assert np.array_equal(preds[:, 6], store.qindex[rows])  # qindex, then the picture (cluster)
+    assert np.array_equal(preds[:, 7], store.source[rows])
+    assert {"figures/per_qp_test.png"} <= files
+    per_qp = {k for k in run.data.metrics if k.startswith("test_q") and k.endswith("_macro_f1")}
+    assert per_qp == {f"test_q{q}_macro_f1" for q in np.unique(store.qindex[rows])}
     # the checkpoint reproduces the logged test probabilities
     blocks = torch.from_numpy(load_store(tiny_dataset).blocks[preds[:, 0].astype(int)].astype(np.int16))
     with torch.no_grad():
         proba = torch.softmax(model(normalise(blocks)).double(), 1).numpy()
-    assert np.allclose(proba, preds[:, 3:], atol=1e-5)
+    assert np.allclose(proba, preds[:, 3:6], atol=1e-5)
     # per-class test figures come from the selected checkpoint's predictions
     from av1_ablation.metrics import classification_metrics
 

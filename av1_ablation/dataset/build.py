@@ -208,7 +208,7 @@ def _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress):
                 src_mod.write_y4m(y4m, read[i].luma)
                 for qp in qps:
                     futures[i, qp] = pool.submit(_encode_one, read[i].luma, y4m, qp, cpu_used, allintra, tmp)
-            with tqdm(total=len(futures), desc="encodes", unit="enc", disable=not progress) as bar:
+            with tqdm(total=len(futures), desc="encodes", unit="enc", disable=None if progress else True) as bar:
                 try:
                     for fut in as_completed(list(futures.values())):
                         fut.result()

@@ -2,6 +2,7 @@
 from av1_ablation.models.backbone import STAGES, Backbone, BasicBlock, SEBlock, SpatialAttention, scaled_channels
 from av1_ablation.models.checkpoints import load_stage1_backbone, load_stage1_model, read_state_dict
 from av1_ablation.models.fastconv import FastConv2d, set_fast_paths
+from av1_ablation.models.qp import QP_INPUTS, QPHead, standardise_qindex
 from av1_ablation.models.stages import (
     ConvAdapter,
     Stage1Head,
@@ -16,6 +17,8 @@ __all__ = [
     "Backbone",
     "BasicBlock",
     "ConvAdapter",
+    "QP_INPUTS",
+    "QPHead",
     "FastConv2d",
     "SEBlock",
     "SpatialAttention",
@@ -29,4 +32,5 @@ __all__ = [
     "read_state_dict",
     "scaled_channels",
     "set_fast_paths",
+    "standardise_qindex",
 ]

@@ -103,12 +103,20 @@ def load_stage1_backbone(source) -> Backbone:
     return backbone
 
 
+def infer_qp_input(state: Mapping[str, torch.Tensor]) -> str:
+    """``none``, ``concat`` or ``film``, from the head's keys (the original's have no ``head.qp``)."""
+    if "head.qp.2.weight" in state:
+        return "film"
+    return "concat" if "head.qp.0.weight" in state else "none"
+
+
 def load_stage1_model(source) -> Stage1Model:
     """A :class:`Stage1Model` from a Stage-1 checkpoint (strict keys).
 
     ``head.temperature`` may be absent (the v7 head has none); it then keeps 1.5.
+    The head's QP input is read from its keys.
     """
     state = read_state_dict(source)
-    model = Stage1Model(infer_width(state))
+    model = Stage1Model(infer_width(state), qp_input=infer_qp_input(state))
     _load_strict(model, state, "Stage-1 model", optional=("head.temperature",))
     return model

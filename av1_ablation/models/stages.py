@@ -21,21 +21,11 @@ import torch.nn as nn
 
 from av1_ablation.models.backbone import STAGES, Backbone, scaled_channels
 from av1_ablation.models.fastconv import FastConv2d
+from av1_ablation.models.qp import QPHead
 
 
-def _mlp(sizes: Iterable[int], dropout: float) -> nn.Sequential:
-    """Linear -> ReLU -> Dropout between consecutive sizes, a plain Linear last."""
-    sizes = list(sizes)
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers += [nn.ReLU(inplace=True), nn.Dropout(dropout)]
-    return nn.Sequential(*layers)
-
-
-class Stage1Head(nn.Module):
-    """512 -> 256 -> 1 with ReLU and dropout 0.3 (keys ``head.{0,3}``).
+class Stage1Head(QPHead):
+    """512 -> 256 -> 1 with ReLU and dropout 0.3 (keys ``head.{0,3}``), QP input optional.
 
     ``temperature`` (1.5 at init) is kept for checkpoint-key and parameter-count
     parity with the original ``Stage1BinaryHead``. It is frozen
@@ -43,24 +33,20 @@ class Stage1Head(nn.Module):
     returns raw logits and calibration, if any, is done outside the model.
     """
 
-    def __init__(self, in_features: int = 512, dropout: float = 0.3):
-        super().__init__()
-        self.head = _mlp([in_features, 256, 1], dropout)
+    def __init__(self, in_features: int = 512, dropout: float = 0.3, qp_input: str = "none"):
+        super().__init__([in_features, 256, 1], dropout, qp_input)
         self.temperature = nn.Parameter(torch.tensor(1.5), requires_grad=False)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features).squeeze(-1)  # (B,)
+    def forward(self, features: torch.Tensor, qp: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(features, qp).squeeze(-1)  # (B,)
 
 
-class Stage2Head(nn.Module):
-    """512 -> 256 -> 128 -> 3 with ReLU and dropout 0.4 (keys ``head.{0,3,6}``)."""
+class Stage2Head(QPHead):
+    """512 -> 256 -> 128 -> 3 with ReLU and dropout 0.4 (keys ``head.{0,3,6}``), QP input optional."""
 
-    def __init__(self, in_features: int = 512, num_classes: int = 3, dropout: float = 0.4):
-        super().__init__()
-        self.head = _mlp([in_features, 256, 128, num_classes], dropout)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)  # (B, C)
+    def __init__(self, in_features: int = 512, num_classes: int = 3, dropout: float = 0.4,
+                 qp_input: str = "none"):
+        super().__init__([in_features, 256, 128, num_classes], dropout, qp_input)
 
 
 class Stage1Model(nn.Module):
@@ -71,15 +57,18 @@ class Stage1Model(nn.Module):
     width : float, default=1.0
         Backbone channel multiplier; 1.0 has 11,345,444 parameters, as in the
         original (11,345,443 of them trainable: ``temperature`` is frozen).
+    qp_input : {"none", "concat", "film"}, default="none"
+        How the head reads the QP (:mod:`av1_ablation.models.qp`); ``none`` is
+        the original model.
     """
 
-    def __init__(self, width: float = 1.0):
+    def __init__(self, width: float = 1.0, qp_input: str = "none"):
         super().__init__()
         self.backbone = Backbone(width)
-        self.head = Stage1Head(self.backbone.out_features)
+        self.head = Stage1Head(self.backbone.out_features, qp_input=qp_input)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+    def forward(self, x: torch.Tensor, qp: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.backbone(x), qp)
 
 
 class ConvAdapter(nn.Module):
@@ -133,6 +122,12 @@ class Stage2Model(nn.Module):
         Stages followed by an adapter; an empty tuple trains the head only.
     adapter_reduction : int, default=4
         The adapters' bottleneck factor gamma.
+    qp_input : {"none", "concat", "film"}, default="none"
+        How the head reads the QP (:mod:`av1_ablation.models.qp`).
+    frozen : bool, default=True
+        False trains the backbone too, BatchNorm included (the ``finetune``
+        reference: are the frozen Stage-1 features the bottleneck?); nothing
+        is then a frozen prefix.
 
     Notes
     -----
@@ -147,7 +142,7 @@ class Stage2Model(nn.Module):
 
     def __init__(self, backbone: Backbone | None = None, *, width: float | None = None,
                  adapter_layers: Iterable[str] = ("layer3", "layer4"),
-                 adapter_reduction: int = 4):
+                 adapter_reduction: int = 4, qp_input: str = "none", frozen: bool = True):
         super().__init__()
         if backbone is None:
             backbone = Backbone(1.0 if width is None else width)
@@ -165,35 +160,49 @@ class Stage2Model(nn.Module):
                 or adapter_reduction < 1):
             raise ValueError(f"adapter_reduction must be an int >= 1; got {adapter_reduction!r}")
         self.adapter_layers = tuple(s for s in STAGES if s in layers)
-        self.backbone = backbone.requires_grad_(False)
+        self.frozen = bool(frozen)
+        self.backbone = backbone.requires_grad_(not self.frozen)
         channels = dict(zip(STAGES, scaled_channels(backbone.width)))
         self.adapters = nn.ModuleDict(
             {name: ConvAdapter(channels[name], adapter_reduction) for name in self.adapter_layers}
         )
-        self.head = Stage2Head(backbone.out_features)
+        self.head = Stage2Head(backbone.out_features, qp_input=qp_input)
         # The first adapted stage; None (head only) means the whole backbone is frozen prefix.
         self._start = self.adapter_layers[0] if self.adapter_layers else None
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "Stage2Model":
         super().train(mode)
-        self.backbone.eval()  # frozen BatchNorm statistics, always
+        if self.frozen:
+            self.backbone.eval()  # frozen BatchNorm statistics, always
         return self
 
     def frozen_prefix(self, x: torch.Tensor) -> torch.Tensor:
-        """Backbone output before the first adapted stage: (B, C, h, w) feature map."""
+        """Backbone output before the first adapted stage: (B, C, h, w) feature map
+        (the input itself when the backbone trains)."""
+        if not self.frozen:
+            return x
         return self.backbone.forward_prefix(x, self._start)
 
-    def forward_from_prefix(self, h: torch.Tensor) -> torch.Tensor:
-        """Logits (B, 3) from the output of :meth:`frozen_prefix`."""
-        return self.head(self.backbone.forward_suffix(h, self._start, self.adapters))
+    def forward_from_prefix(self, h: torch.Tensor, qp: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, 3) from the output of :meth:`frozen_prefix` (and the standardised
+        qindex when the head reads the QP)."""
+        if not self.frozen:
+            h = self.backbone.forward_suffix(self.backbone.stem(h), STAGES[0], self.adapters)
+        else:
+            h = self.backbone.forward_suffix(h, self._start, self.adapters)
+        return self.head(h, qp)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_from_prefix(self.frozen_prefix(x))
+    def forward(self, x: torch.Tensor, qp: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_from_prefix(self.frozen_prefix(x), qp)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Trainable parameters by group, for two AdamW learning rates."""
-        return {"adapter": list(self.adapters.parameters()), "head": list(self.head.parameters())}
+        """Trainable parameters by group, for separate AdamW learning rates (``backbone``
+        only when it trains)."""
+        groups = {"adapter": list(self.adapters.parameters()), "head": list(self.head.parameters())}
+        if not self.frozen:
+            groups["backbone"] = list(self.backbone.parameters())
+        return groups
 
     @classmethod
     def from_stage1(cls, source, *, adapter_layers: Iterable[str] = ("layer3", "layer4"),
