@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "stage1": ("av1_ablation.stage1", "train the Stage-1 model (NONE vs partitioned)"),
     "train": ("av1_ablation.stage2", "train one Stage-2 loss arm (the main job)"),
     "ablation": ("av1_ablation.ablation", "train every loss x seed as child runs of one parent"),
+    "reference": ("av1_ablation.reference", "train the reference models: prior, gbm, finetune"),
     "compare": ("av1_ablation.compare", "compare the loss arms: tables, statistics, verdict"),
 }
 

@@ -18,11 +18,13 @@ import argparse
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from av1_ablation.atomic import atomic_directory
 from av1_ablation.errors import UserError
-from av1_ablation.report import PRIMARY_TESTS, Comparison, render_markdown, render_text, summarise
+from av1_ablation.report import (PRIMARY_TESTS, Comparison, md_table as _md, render_markdown,
+                                 render_text, summarise)
 from av1_ablation.runs import Selection, check_comparable, group_records, load_runs
 
 
@@ -70,6 +72,33 @@ def compare(args) -> tuple[Selection, list[Comparison]]:
     return selection, comparisons
 
 
+@dataclass
+class Context:
+    """The reference models beside one comparison's arms, and the per-QP figure."""
+
+    table: object  # pandas.DataFrame from context.context_table
+    sentence: str
+    per_qp_models: dict  # name -> runs drawn in the per-QP figure
+
+
+def build_context(c: Comparison, args) -> Context:
+    from av1_ablation.context import context_sentence, context_table, load_references
+
+    references = load_references([r for runs in c.records.values() for r in runs])
+    table = context_table(c.records, references, n_resamples=max(100, args.n_resamples // 5),
+                          random_state=args.bootstrap_seed)
+    shown = {c.winner: c.records[c.winner], c.reference: c.records.get(c.reference, []),
+             **{n: references[n] for n in ("gbm",) if n in references}}
+    return Context(table, context_sentence(table, c.reference), shown)
+
+
+def render_context_text(ctx: Context) -> str:
+    from av1_ablation.context import render_context
+
+    return (f"Context: reference models (mean test macro-F1 over runs, 95% CI from resampling test "
+            f"pictures)\n{render_context(ctx.table).to_string(index=False)}\n{ctx.sentence}")
+
+
 def _clean(value):
     """JSON-safe value: NaN becomes null, numpy scalars become Python numbers."""
     if isinstance(value, dict):
@@ -102,26 +131,39 @@ def summary_json(selection: Selection, comparisons: list[Comparison], args) -> d
     })
 
 
-def write_outputs(out: Path, selection: Selection, comparisons: list[Comparison], args) -> Path:
+def write_outputs(out: Path, selection: Selection, comparisons: list[Comparison], args,
+                  contexts: list[Context] = ()) -> Path:
     """Write report.md, summary.csv, summary.json and figures/ to ``out`` atomically."""
     import pandas as pd
 
+    from av1_ablation.context import per_qp_figure, render_context
     from av1_ablation.figures import make_figures
 
     out = Path(out)
     with atomic_directory(out) as tmp:
         (tmp / "figures").mkdir()
         figure_paths = []
-        for c in comparisons:
+        for i, c in enumerate(comparisons):
             suffix = "" if len(comparisons) == 1 else "_" + "".join(ch if ch.isalnum() else "_" for ch in c.group)
-            for stem, fig in make_figures(c).items():
+            figures = make_figures(c)
+            if i < len(contexts):
+                figures["per_qp"] = per_qp_figure(contexts[i].per_qp_models)
+            for stem, fig in figures.items():
                 rel = f"figures/{stem}{suffix}.png"
                 fig.savefig(tmp / rel, dpi=110)
                 figure_paths.append(rel)
-        (tmp / "report.md").write_text(render_markdown(
-            comparisons, selection=selection.description, left_out=selection.left_out, figures=figure_paths))
+        report = render_markdown(comparisons, selection=selection.description, left_out=selection.left_out,
+                                 figures=figure_paths)
+        for c, ctx in zip(comparisons, contexts):
+            report += (f"\n### Context{'' if len(comparisons) == 1 else ': ' + c.group}\n\n"
+                       f"Mean test macro-F1 over runs, with a 95% interval from resampling test "
+                       f"pictures; values in %.\n\n{_md(render_context(ctx.table))}\n{ctx.sentence}\n")
+        (tmp / "report.md").write_text(report)
         pd.concat([c.summary() for c in comparisons]).to_csv(tmp / "summary.csv", index=False)
-        (tmp / "summary.json").write_text(json.dumps(summary_json(selection, comparisons, args), indent=2))
+        summary = summary_json(selection, comparisons, args)
+        for group, ctx in zip(summary["groups"], contexts):
+            group["context"] = _clean({"table": ctx.table.to_dict(orient="records"), "sentence": ctx.sentence})
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
     return out
 
 
@@ -152,9 +194,11 @@ def run(args) -> int:
     for item in selection.left_out:
         print(f"left out: run {item['run_id']} ({item['loss_type']}, seed {item['seed']}): {item['reason']}")
     print(f"compared {len(selection.records)} runs: {selection.description}\n")
-    for c in comparisons:
+    contexts = [build_context(c, args) for c in comparisons]
+    for c, ctx in zip(comparisons, contexts):
         print(render_text(c) + "\n")
-    out = write_outputs(Path(args.out), selection, comparisons, args)
+        print(render_context_text(ctx) + "\n")
+    out = write_outputs(Path(args.out), selection, comparisons, args, contexts)
     print(f"wrote {out}/report.md, summary.csv, summary.json and figures/")
     if not args.no_log:
         run_id = log_compare_run(out, selection, comparisons)

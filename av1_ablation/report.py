@@ -293,7 +293,7 @@ def tables(c: Comparison) -> dict[str, pd.DataFrame]:
     }
 
 
-def _md_table(frame: pd.DataFrame) -> str:
+def md_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "(none)\n"
     cells = [[str(v) for v in frame.columns]] + [[str(v) for v in row] for row in frame.itertuples(index=False)]
@@ -323,10 +323,10 @@ def render_markdown(comparisons: list[Comparison], *, title: str = "Stage-2 loss
             out.append(f"## Group {c.group}\n")
         out.append(f"**Verdict.** {c.verdict}\n")
         for name, frame in tables(c).items():
-            out.append(f"### {name}\n\n{_md_table(frame)}")
+            out.append(f"### {name}\n\n{md_table(frame)}")
     out.append(f"### Notes\n\n{NOTES}\n")
     if left_out:
-        out.append("### Runs left out\n\n" + _md_table(pd.DataFrame(list(left_out))))
+        out.append("### Runs left out\n\n" + md_table(pd.DataFrame(list(left_out))))
     if figures:
         out.append("### Figures\n\n" + "\n".join(f"![{f}]({f})" for f in figures) + "\n")
     return "\n".join(out)

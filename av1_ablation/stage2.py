@@ -70,10 +70,12 @@ def run(args) -> int:
 
 def train_stage2(cfg: Stage2Config, *, run_id: str | None = None, run_name: str | None = None,
                  resume: tuple[str, dict] | None = None, stage1_run_id: str | None = None,
-                 data=None) -> str:
+                 data=None, kind: str = "stage2", extra_tags: dict | None = None) -> str:
     """Train one arm and record it; returns the run id. ``stage1_run_id`` and ``data`` (the
     loaded Stage-2 :class:`~av1_ablation.experiment.SplitData` of ``cfg``) skip the Stage-1
-    lookup and the data loading: the ablation does both once for all its children."""
+    lookup and the data loading: the ablation does both once for all its children.
+    ``kind`` and ``extra_tags`` mark a run that is not a loss arm (the ``finetune``
+    reference), so the comparison does not take it for one."""
     from av1_ablation.stage1 import resolve_stage1
 
     # Take the run `mlflow run` created now: ending a Stage-1 run below clears MLFLOW_RUN_ID.
@@ -99,9 +101,9 @@ def train_stage2(cfg: Stage2Config, *, run_id: str | None = None, run_name: str 
             log_torch(state["resume_point"], LAST_CHECKPOINT)
 
     tags = {**data.tags(), **environment_tags(device), "av1.stage1_run_id": stage1.run_id or "",
-            "av1.stage1_source": stage1.source, "av1.loss_type": cfg.loss_type}
+            "av1.stage1_source": stage1.source, "av1.loss_type": cfg.loss_type, **(extra_tags or {})}
     name = run_name or f"{cfg.loss_type}-seed{cfg.seed}"
-    with tracked_run(kind="stage2", run_id=run_id, run_name=name, tags=tags,
+    with tracked_run(kind=kind, run_id=run_id, run_name=name, tags=tags,
                      on_interrupt=log_resume_point) as run:
         if resume is None:
             log_new_params({"loss_type": cfg.loss_type, "seed": str(cfg.seed),

@@ -16,3 +16,10 @@ def tiny_dataset(tmp_path_factory):
     """Path of a tiny block store: 6 photos cropped to 128x128, cq 32, cpu-used 2."""
     out = tmp_path_factory.mktemp("tiny") / "store"
     return build_dataset(TINY_SOURCES, out, qps=(32,), cpu_used=2, crop=128, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_two_qps(tmp_path_factory):
+    """The same six photos at two QPs (cq 20 and 55), for QP-input models and references."""
+    out = tmp_path_factory.mktemp("tiny2qp") / "store"
+    return build_dataset(TINY_SOURCES, out, qps=(20, 55), cpu_used=2, crop=128, progress=False)
