@@ -23,8 +23,8 @@ from pathlib import Path
 
 from av1_ablation.atomic import atomic_directory
 from av1_ablation.errors import UserError
-from av1_ablation.report import (PRIMARY_TESTS, Comparison, md_table as _md, render_markdown,
-                                 render_text, summarise)
+from av1_ablation.report import (PRIMARY_TESTS, RESAMPLE_UNITS, Comparison, md_table as _md,
+                                 render_markdown, render_text, summarise, tables)
 from av1_ablation.runs import Selection, check_comparable, group_records, load_runs
 
 
@@ -41,11 +41,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="another cfg.* param that may differ between arms (repeatable)")
     parser.add_argument("--out", default="compare_output", help="output folder (replaced)")
     parser.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate for Holm")
-    parser.add_argument("--min-seeds", type=int, default=3, help="seeds per arm needed for across-seed tests")
+    parser.add_argument("--min-seeds", type=int, default=3,
+                        help="seeds (shared with the reference) needed for across-seed tests; "
+                             "the verdict needs at least 3 whatever this says")
     parser.add_argument("--n-resamples", type=int, default=10_000, help="paired-bootstrap resamples")
-    parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap")
-    parser.add_argument("--primary-test", default="auto", choices=PRIMARY_TESTS,
-                        help="test deciding the verdict (auto: Welch with enough seeds, else bootstrap)")
+    parser.add_argument("--bootstrap-seed", type=int, default=0,
+                        help="seed of the bootstrap and of Friedman's permutation draw")
+    parser.add_argument("--primary-test", default="paired_t", choices=PRIMARY_TESTS,
+                        help="across-seed test deciding the verdict for the winner-reference pair "
+                             "(default: paired t-test on the per-seed differences)")
+    parser.add_argument("--resample", default="clusters", choices=RESAMPLE_UNITS,
+                        help="unit of the test-side paired bootstrap: test pictures (clusters, default) "
+                             "or single blocks, as if independent")
     parser.add_argument("--no-log", action="store_true", help="do not log a compare run to MLflow")
 
 
@@ -68,7 +75,8 @@ def compare(args) -> tuple[Selection, list[Comparison]]:
         check_comparable(records, ignore=[*args.ignore_param, *([args.group_by] if args.group_by else [])])
         comparisons.append(summarise(
             records, reference=args.reference, group=label, alpha=args.alpha, min_seeds=args.min_seeds,
-            n_resamples=args.n_resamples, random_state=args.bootstrap_seed, primary_test=args.primary_test))
+            n_resamples=args.n_resamples, random_state=args.bootstrap_seed, primary_test=args.primary_test,
+            resample=args.resample))
     return selection, comparisons
 
 
@@ -112,18 +120,28 @@ def _clean(value):
     return value
 
 
+def _tests_json(c: Comparison) -> dict:
+    return {arm: {"shared_seeds": t.shared_seeds, "paired": t.paired.as_dict(), "seeds": t.seeds.as_dict(),
+                  "bootstrap_pooled": t.bootstrap_pooled.as_dict() if t.bootstrap_pooled else None,
+                  "holm_p": t.holm_p, "seeds_for_power": t.seeds_for_power, "seed_criterion": t.criterion,
+                  "per_seed": [{"seed": p["seed"], "mcnemar": p["mcnemar"].as_dict(),
+                                "bootstrap": p["bootstrap"].as_dict()} for p in t.per_seed]}
+            for arm, t in c.tests.items()}
+
+
 def summary_json(selection: Selection, comparisons: list[Comparison], args) -> dict:
     groups = []
     for c in comparisons:
-        tests = {arm: {"seeds": t.seeds.as_dict(), "mcnemar_pooled": t.mcnemar_pooled.as_dict(),
-                       "bootstrap_pooled": t.bootstrap_pooled.as_dict(), "holm_p": t.holm_p,
-                       "seed_criterion": t.criterion,
-                       "per_seed": [{"seed": p["seed"], "mcnemar": p["mcnemar"].as_dict(),
-                                     "bootstrap": p["bootstrap"].as_dict()} for p in t.per_seed]}
-                 for arm, t in c.tests.items()}
+        paired_table = next(frame for name, frame in tables(c).items() if name.startswith("Table 5"))
         groups.append({"group": c.group, "reference": c.reference, "arms": c.arms, "winner": c.winner,
-                       "primary_test": c.primary_test, "alpha": c.alpha, "verdict": c.verdict,
-                       "per_seed": c.per_seed.to_dict(orient="records"), "tests": tests})
+                       "winner_basis": c.winner_basis, "ties": c.ties, "primary_test": c.primary_test,
+                       "alpha": c.alpha, "holm_family_size": c.holm_family, "resample": c.resample,
+                       "resample_note": c.resample_note, "verdict": c.verdict,
+                       "friedman": c.friedman.as_dict() if c.friedman else None,
+                       "friedman_line": c.friedman_line, "power_line": c.power_line,
+                       "equivalence_line": c.equivalence_line,
+                       "paired_table": paired_table.to_dict(orient="records"),
+                       "per_seed": c.per_seed.to_dict(orient="records"), "tests": _tests_json(c)})
     return _clean({
         "selection": selection.description, "experiment_id": selection.experiment_id,
         "compared_run_ids": [r.run_id for r in selection.records], "left_out": selection.left_out,
@@ -184,7 +202,8 @@ def log_compare_run(out: Path, selection: Selection, comparisons: list[Compariso
             c = comparisons[0]
             mlflow.set_tag("av1.verdict", c.verdict[:4900])
             for arm, t in c.tests.items():
-                mlflow.log_metric(f"delta_macro_f1_{arm}", t.bootstrap_pooled.delta)
+                if math.isfinite(t.paired.mean_diff):  # the paired mean difference over shared seeds
+                    mlflow.log_metric(f"delta_macro_f1_{arm}", t.paired.mean_diff)
         mlflow.log_artifacts(str(out))
         return run.info.run_id
 

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from av1_ablation.metrics import CLASS_KEYS
 from av1_ablation.partitions import STAGE2_NAMES
 from av1_ablation.runs import RunRecord
+from av1_ablation.statistics import macro_f1_from_confusion
 
 REFERENCE_ORDER = ("prior", "gbm", "finetune")
 MATCH_TAGS = ("av1.dataset_fingerprint", "av1.split_fingerprint")
@@ -59,12 +60,8 @@ def load_references(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
 
 
 def _macro_f1(y: np.ndarray, pred: np.ndarray, n: int = len(STAGE2_NAMES)) -> float:
-    """Macro-F1 from a bincount confusion matrix (the bootstrap calls it thousands of times;
-    equal to scikit-learn's with ``zero_division=0``, checked by the tests)."""
-    cm = np.bincount(y * n + pred, minlength=n * n).reshape(n, n)
-    tp = np.diag(cm).astype(float)
-    denom = cm.sum(0) + cm.sum(1)
-    return float(np.mean(np.divide(2 * tp, denom, out=np.zeros(n), where=denom > 0)))
+    """Macro-F1 from a bincount confusion matrix: the bootstrap calls it thousands of times."""
+    return float(macro_f1_from_confusion(np.bincount(y * n + pred, minlength=n * n).reshape(n, n)))
 
 
 def cluster_bootstrap_ci(runs: list[RunRecord], *, n_resamples: int = 2000, random_state: int = 0,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CPU time targets, measured the way a user meets them: a fresh tracking store and
 # data directory, the main job (building the embedded data set and Stage 1 on first use),
-# a later arm, the whole default ablation (5 losses x 3 seeds), and compare.
+# a later arm, the whole default ablation (5 losses x 3 seeds), the reference models
+# (prior, gbm, finetune) and compare with its context table.
 #
 #   bash benchmarks/end_to_end.sh [WORKDIR]      # run from the project root; needs `make setup`
 #
@@ -25,8 +26,11 @@ step() {
 }
 
 echo "machine: $(nproc) cores, $(python -c 'import torch; print("torch", torch.__version__)'), work dir $work"
+echo "commit: $(git rev-parse HEAD)$(git diff --quiet HEAD -- av1_ablation || echo ' (with uncommitted changes to av1_ablation/)')"
 step first_run mlflow run . --env-manager local -P loss_type=asymmetric
 step later_arm mlflow run . --env-manager local -P loss_type=poly
 step ablation mlflow run . --env-manager local -e ablation
+step reference mlflow run . --env-manager local -e reference
 step compare mlflow run . --env-manager local -e compare -P out="$work/compare_output"
+grep -h "^Stage 1: selected\|^reference " "$work/first_run.log" "$work/reference.log" || true
 sed -n '/=== Run/,$p' "$work/compare.log" | grep -v "INFO mlflow" || cat "$work/compare.log"

@@ -1,6 +1,8 @@
-"""The compare command against a temporary MLflow store with runs logged per the training contract."""
+"""The compare command against a temporary MLflow store with runs logged per the training contract,
+and the comparison's verdict logic on synthetic run records."""
 import argparse
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -8,10 +10,13 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 from av1_ablation import compare
 from av1_ablation.errors import UserError
 from av1_ablation.metrics import calibration_metrics, classification_metrics
+from av1_ablation.report import render_markdown, render_text, summarise
+from av1_ablation.runs import RunRecord
 
 N_BLOCKS = 240
 CFG = {"cfg.epochs": "3", "cfg.batch_size": "64", "cfg.lr_head": "0.001", "cfg.width": "16",
@@ -20,14 +25,19 @@ TAGS = {"av1.dataset_fingerprint": "d1", "av1.split_fingerprint": "s1", "av1.sta
 ACCURACY = {"baseline": 0.55, "poly": 0.75, "asymmetric": 0.5}
 
 
-def _predictions(loss_type, seed):
+def _predictions(loss_type, seed, *, clusters=True, accuracy=None):
     rng = np.random.default_rng(1000 * seed + len(loss_type))
     y = np.random.default_rng(0).integers(0, 3, N_BLOCKS)
-    pred = np.where(rng.random(N_BLOCKS) < ACCURACY[loss_type], y, rng.integers(0, 3, N_BLOCKS))
+    acc = ACCURACY.get(loss_type, 0.55) if accuracy is None else accuracy
+    pred = np.where(rng.random(N_BLOCKS) < acc, y, rng.integers(0, 3, N_BLOCKS))
     proba = rng.dirichlet([1, 1, 1], N_BLOCKS) * 0.4
     proba[np.arange(N_BLOCKS), pred] += 0.6
-    return pd.DataFrame({"block_index": np.arange(N_BLOCKS) * 3, "y_true": y, "y_pred": pred,
-                         "p_split": proba[:, 0], "p_rect": proba[:, 1], "p_ab": proba[:, 2]})
+    frame = pd.DataFrame({"block_index": np.arange(N_BLOCKS) * 3, "y_true": y, "y_pred": pred,
+                          "p_split": proba[:, 0], "p_rect": proba[:, 1], "p_ab": proba[:, 2]})
+    if clusters:  # 5 test pictures of 48 blocks, each block at one of 4 QPs
+        frame["qindex"] = 80 + 40 * (np.arange(N_BLOCKS) % 4)
+        frame["cluster"] = np.arange(N_BLOCKS) // 48
+    return frame
 
 
 def log_stage2_run(client, exp_id, tmp_path, loss_type, seed, *, parent=None, cfg=None,
@@ -69,6 +79,36 @@ def parse(*argv):
     return parser.parse_args(["--n-resamples", "200", *argv])
 
 
+def _check_summary_group(group, printed):
+    """summary.json holds the verdict, the paired table, Friedman and power; the terminal prints them."""
+    assert group["winner"] == "poly" and group["arms"][0] == "baseline"
+    assert group["primary_test"] == "paired_t" and group["winner_basis"] == "validation"
+    assert "Holm over 2 comparison(s) with baseline" in group["verdict"] and "poly" in group["verdict"]
+    assert group["resample"] == "clusters" and group["holm_family_size"] == 2
+    assert group["friedman"]["n_arms"] == 3 and group["friedman"]["exact"]
+    assert group["friedman_line"].startswith("Friedman test over all 3 arms")
+    assert group["power_line"].startswith("Power (poly vs baseline)")
+    assert [row["loss"] for row in group["paired_table"]] == ["poly", "asymmetric"]
+    for line in (group["friedman_line"], group["power_line"], group["verdict"]):
+        assert line in printed
+    assert "Table 5: paired across seeds" in printed
+
+    # Across-seed statistics equal scipy on the logged test macro-F1 values.
+    per_seed = pd.DataFrame(group["per_seed"])
+    a = per_seed[per_seed.loss_type == "poly"].test_macro_f1
+    b = per_seed[per_seed.loss_type == "baseline"].test_macro_f1
+    seeds = group["tests"]["poly"]["seeds"]
+    assert seeds["welch_p"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert seeds["mannwhitney_p"] == pytest.approx(stats.mannwhitneyu(a, b, method="exact").pvalue)
+    # The main evidence is paired by seed (both frames are sorted by seed).
+    paired = group["tests"]["poly"]["paired"]
+    assert paired["t_p"] == pytest.approx(stats.ttest_rel(a.to_numpy(), b.to_numpy()).pvalue)
+    assert len(group["tests"]["poly"]["per_seed"]) == 3
+    # A 20-point accuracy gap, pooled over 3 seeds while resampling the 5 test pictures.
+    pooled = group["tests"]["poly"]["bootstrap_pooled"]
+    assert pooled["unit"] == "clusters" and pooled["n_units"] == 5 and pooled["ci_low"] > 0
+
+
 @pytest.mark.slow
 def test_normal_comparison_writes_reports_and_logs_a_compare_run(tracking_store, tmp_path, capsys):
     uri, exp_id = tracking_store
@@ -83,27 +123,15 @@ def test_normal_comparison_writes_reports_and_logs_a_compare_run(tracking_store,
     out = tmp_path / "cmp"
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(summary["compared_run_ids"]) == sorted(ids)
-    group = summary["groups"][0]
-    assert group["winner"] == "poly" and group["arms"][0] == "baseline"
-    assert group["primary_test"] == "welch"
-    assert "Holm" in group["verdict"] and "poly" in group["verdict"]
-
-    # Across-seed statistics equal scipy on the logged test macro-F1 values.
-    per_seed = pd.DataFrame(group["per_seed"])
-    a = per_seed[per_seed.loss_type == "poly"].test_macro_f1
-    b = per_seed[per_seed.loss_type == "baseline"].test_macro_f1
-    seeds = group["tests"]["poly"]["seeds"]
-    assert seeds["welch_p"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
-    assert seeds["mannwhitney_p"] == pytest.approx(stats.mannwhitneyu(a, b, method="exact").pvalue)
-    assert len(group["tests"]["poly"]["per_seed"]) == 3
-    # A 20-point accuracy gap on 720 pooled blocks: the bootstrap CI excludes 0.
-    assert group["tests"]["poly"]["bootstrap_pooled"]["ci_low"] > 0
+    _check_summary_group(summary["groups"][0], printed)
 
     csv = pd.read_csv(out / "summary.csv")
     assert list(csv.loss_type) == ["baseline", "poly", "asymmetric"]
-    assert {"test_macro_f1_mean", "test_f1_ab_sd", "welch_holm", "seed_criterion"} <= set(csv.columns)
+    assert {"test_macro_f1_mean", "test_f1_ab_sd", "welch_holm", "seed_criterion", "paired_t_p",
+            "paired_t_holm", "sign_flip_p", "tost_p", "seeds_for_power", "bootstrap_unit"} <= set(csv.columns)
     report = (out / "report.md").read_text()
-    for title in ("Table 1", "Table 2", "Table 3", "Table 4", "Verdict"):
+    for title in ("Table 1", "Table 2", "Table 3", "Table 4", "Table 5", "Table 7", "Verdict", "Friedman",
+                  "Power"):
         assert title in report
     assert {p.name for p in (out / "figures").iterdir()} >= {
         "macro_f1.png", "per_class_f1.png", "val_learning_curves.png", "reliability.png",
@@ -123,9 +151,11 @@ def test_too_few_seeds_reports_not_enough_seeds(tracking_store, tmp_path):
     uri, exp_id = tracking_store
     log_ablation(MlflowClient(uri), exp_id, tmp_path, arms=("baseline", "poly"), seeds=(1, 2))
     selection, [c] = compare.compare(parse())
-    assert c.tests["poly"].seeds.welch_p is None
+    assert c.tests["poly"].seeds.welch_p is None and c.tests["poly"].paired.t_p is None
     assert "not enough seeds" in c.tests["poly"].seeds.note
-    assert c.primary_test == "bootstrap"
+    assert c.primary_test == "paired_t"  # no silent switch to a test-block statistic
+    assert "Not enough seeds to judge retraining noise" in c.verdict
+    assert "Test-set evidence only" in c.verdict and "survive" not in c.verdict
 
 
 def test_non_comparable_runs_are_refused_naming_the_param(tracking_store, tmp_path):
@@ -214,3 +244,147 @@ def test_unreachable_tracking_server(tracking_store, monkeypatch):
     mlflow.set_tracking_uri("http://127.0.0.1:9")
     with pytest.raises(UserError, match="cannot reach the MLflow tracking store"):
         compare.run(parse())
+
+
+# --------------------------------------------------------------------------- verdict logic on run records
+BASE = {1: 0.40, 2: 0.41, 3: 0.39}
+POLY_D = {1: 0.0108, 2: 0.0023, 3: 0.0098}  # the design's paired-t oracle, in fractions
+ASYM_D = {1: -0.005, 2: 0.008, 3: -0.002}
+
+
+def record(loss_type, seed, test, val=None, *, clusters=True, predictions=None):
+    """A finished run with the given test and validation macro-F1 (fractions)."""
+    metrics = {"test_macro_f1": test, "best_val_macro_f1": test if val is None else val}
+    frame = _predictions(loss_type, seed, clusters=clusters) if predictions is None else predictions
+    return RunRecord(run_id=f"{loss_type}-{seed}", run_name=f"{loss_type}-{seed}", loss_type=loss_type,
+                     seed=seed, params={}, tags={}, metrics=metrics, predictions=frame)
+
+
+def oracle_records(seeds=(1, 2, 3), **kw):
+    """baseline, poly (the oracle's differences, best on validation) and asymmetric (noise)."""
+    runs = [record("baseline", s, BASE[s], **kw) for s in seeds]
+    runs += [record("poly", s, BASE[s] + POLY_D[s], BASE[s] + POLY_D[s] + 0.01, **kw) for s in seeds]
+    runs += [record("asymmetric", s, BASE[s] + ASYM_D[s], **kw) for s in seeds]
+    return runs
+
+
+def adjusted_p(verdict):
+    return float(re.search(r"adjusted p = ([0-9.e-]+)\)", verdict).group(1))
+
+
+def test_paired_oracle_decides_the_verdict():
+    c = summarise(oracle_records(), n_resamples=200)
+    p = c.tests["poly"].paired
+    assert p.t_p == pytest.approx(0.1045, abs=5e-5) and p.df == 2
+    assert c.winner == "poly" and c.primary_test == "paired_t"
+    assert "its lead is +0.76 pp (95% CI [-0.39, +1.92] pp)" in c.verdict
+    assert "does not survive" in c.verdict
+    asym_p = c.tests["asymmetric"].paired.t_p
+    expected = multipletests([p.t_p, asym_p], method="holm")[1][0]
+    assert adjusted_p(c.verdict) == pytest.approx(expected, rel=1e-2)
+    assert "Holm over 2 comparison(s) with baseline" in c.verdict
+    assert "Equivalence within ±0.5 pp is not shown" in c.verdict
+    # The power line: 7 seeds for d_z = 1.64 at alpha / 2 (checked against statsmodels in
+    # test_statistics); the terminal output carries the table, Friedman, power and verdict.
+    assert c.tests["poly"].seeds_for_power == 7 and "needs 7 seeds for 80% power" in c.power_line
+    text = render_text(c)
+    for piece in ("Table 5: paired across seeds", c.friedman_line, c.power_line, c.verdict):
+        assert piece in text
+    assert "**Friedman.**" in render_markdown([c]) and "**Power.**" in render_markdown([c])
+
+
+def test_missing_run_of_another_arm_does_not_change_the_verdict():
+    full = summarise(oracle_records(), n_resamples=200)
+    runs = [r for r in oracle_records() if (r.loss_type, r.seed) != ("asymmetric", 3)]
+    missing = summarise(runs, n_resamples=200)
+    assert missing.tests["asymmetric"].paired.t_p is None  # now untestable (2 seeds)
+    assert missing.verdict == full.verdict
+    assert (missing.winner, missing.primary_test) == (full.winner, full.primary_test)
+    # The same under the unpaired test: Welch used to give way to the block bootstrap.
+    welch = [summarise(r, n_resamples=200, primary_test="welch").verdict for r in (oracle_records(), runs)]
+    assert welch[0] == welch[1] and "Welch" in welch[0]
+
+
+def test_holm_family_size_in_the_sentence_is_the_one_used():
+    # Four arms against the baseline; one of them has two seeds and cannot be tested.
+    runs = oracle_records()
+    runs += [record("focal_gamma3", s, BASE[s] + d) for s, d in ((1, 0.001), (2, -0.004), (3, 0.002))]
+    runs += [record("focal_smoothing", s, BASE[s] + 0.003) for s in (1, 2)]
+    c = summarise(runs, n_resamples=200)
+    assert c.holm_family == 4
+    assert "Holm over 4 comparison(s) with baseline" in c.verdict
+    raw = [c.tests[a].paired.t_p for a in ("poly", "asymmetric", "focal_gamma3")] + [1.0]
+    assert adjusted_p(c.verdict) == pytest.approx(multipletests(raw, method="holm")[1][0], rel=1e-2)
+    assert c.tests["focal_smoothing"].holm_p["paired_t"] is None
+
+
+def test_winner_is_picked_on_validation_and_its_test_figures_are_reported():
+    runs = [record("baseline", s, BASE[s]) for s in BASE]
+    runs += [record("poly", s, BASE[s] + 0.03, BASE[s] - 0.01) for s in BASE]  # best test, worse val
+    runs += [record("asymmetric", s, BASE[s] + POLY_D[s], BASE[s] + 0.02) for s in BASE]
+    c = summarise(runs, n_resamples=200)
+    assert c.winner == "asymmetric" and c.arms == ["baseline", "asymmetric", "poly"]
+    assert "Best mean validation macro-F1: asymmetric (42.00%" in c.verdict
+    assert "its test macro-F1: 40.76%" in c.verdict
+
+
+def test_ties_on_validation_are_named():
+    runs = [record("baseline", s, BASE[s]) for s in BASE]
+    runs += [record("poly", s, BASE[s] + POLY_D[s], 0.45) for s in BASE]
+    runs += [record("asymmetric", s, BASE[s] + ASYM_D[s], 0.45) for s in BASE]
+    c = summarise(runs, n_resamples=200)
+    assert c.ties and "Tied with" in c.verdict and set([c.winner, *c.ties]) == {"poly", "asymmetric"}
+    # A tie with the reference goes to the reference: no lead is claimed from a tie.
+    runs = [record("baseline", s, BASE[s], 0.45) for s in BASE] + runs[3:]
+    c = summarise(runs, n_resamples=200)
+    assert c.winner == "baseline" and "the reference wins a tie" in c.verdict
+
+
+@pytest.mark.parametrize("min_seeds", [2, 3])
+def test_fewer_than_three_shared_seeds_is_no_verdict(min_seeds):
+    c = summarise(oracle_records(seeds=(1, 2)), n_resamples=200, min_seeds=min_seeds)
+    assert "Not enough seeds to judge retraining noise (2 shared; need at least 3)" in c.verdict
+    assert "Test-set evidence only" in c.verdict and "resampling 5 test pictures" in c.verdict
+    assert "survive" not in c.verdict
+
+
+def test_constant_arms_say_no_variance_and_give_no_tiny_p():
+    runs = [record("baseline", s, 0.40, predictions=_predictions("baseline", 1)) for s in (1, 2, 3)]
+    runs += [record("poly", s, 0.41, 0.42, predictions=_predictions("poly", 1)) for s in (1, 2, 3)]
+    c = summarise(runs, n_resamples=200)
+    t = c.tests["poly"]
+    assert "no variance" in c.verdict and "cannot judge it" in c.verdict
+    pvalues = [t.paired.t_p, t.paired.sign_flip_p, t.paired.wilcoxon_p, t.seeds.welch_p,
+               t.seeds.mannwhitney_p, *t.holm_p.values()]
+    assert all(p is None or p >= 1e-6 for p in pvalues)
+    assert c.power_line.startswith("Power (poly vs baseline): not computed: no variance")
+
+
+def test_resampling_unit_blocks_by_option_or_for_old_predictions():
+    c = summarise(oracle_records(), n_resamples=200, resample="blocks")
+    assert c.resample == "blocks" and c.tests["poly"].bootstrap_pooled is None
+    assert c.tests["poly"].per_seed[0]["bootstrap"].unit == "blocks"
+    assert "--resample blocks" in c.resample_note and "95% CI (blocks, pp)" in render_text(c)
+    old = summarise(oracle_records(clusters=False), n_resamples=200)
+    assert old.resample == "blocks" and "without a cluster column" in old.resample_note
+    assert "Test-side resampling: 9 run(s)" in render_text(old)
+    with pytest.raises(UserError, match="--primary-test|primary test"):
+        summarise(oracle_records(), primary_test="bootstrap")
+
+
+def test_all_arms_within_the_margin_is_stated_as_equivalence():
+    runs = [record("baseline", s, 0.40 + 0.01 * s, 0.45) for s in (1, 2, 3, 4, 5)]
+    for arm, shift in (("poly", 0.0005), ("asymmetric", -0.0004)):
+        runs += [record(arm, s, 0.40 + 0.01 * s + shift + 0.0003 * (-1) ** s, 0.44) for s in (1, 2, 3, 4, 5)]
+    c = summarise(runs, n_resamples=200)
+    assert c.winner == "baseline"
+    assert "Every arm is within ±0.5 pp of baseline" in c.verdict
+    assert c.equivalence_line in c.verdict
+
+
+def test_friedman_runs_on_the_seeds_every_arm_shares():
+    c = summarise(oracle_records(), n_resamples=200)
+    table = np.array([[BASE[s], BASE[s] + POLY_D[s], BASE[s] + ASYM_D[s]] for s in (1, 2, 3)])
+    assert c.friedman.statistic == pytest.approx(stats.friedmanchisquare(*table.T).statistic)
+    runs = [r for r in oracle_records() if (r.loss_type, r.seed) != ("asymmetric", 3)]
+    assert summarise(runs, n_resamples=200).friedman.n_seeds == 2

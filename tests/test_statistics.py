@@ -1,19 +1,27 @@
-"""Statistics against scipy/statsmodels on small fixed inputs."""
+"""Statistics against scipy/statsmodels and the design's oracle numbers, on small fixed inputs."""
+import itertools
+import math
+
 import numpy as np
 import pytest
 from scipy import stats
 from sklearn.metrics import confusion_matrix, f1_score
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 
 from av1_ablation.statistics import (
     across_seed_tests,
+    friedman_test,
     holm,
     macro_f1_from_confusion,
     mcnemar_from_counts,
     mcnemar_test,
     paired_bootstrap,
+    paired_seed_tests,
     probability_of_superiority,
+    seeds_for_power,
+    sign_flip_test,
 )
 
 
@@ -177,3 +185,181 @@ def test_holm_skips_missing_values():
 def test_holm_rejects_bad_alpha():
     with pytest.raises(ValueError, match="alpha"):
         holm([0.1], alpha=1.5)
+
+
+def test_holm_can_keep_untestable_hypotheses_in_the_family():
+    # missing="one": the family stays at 3 (the untestable one counts as p = 1, never rejected).
+    reject, adj = holm([0.01, None, 0.03], missing="one")
+    ref_reject, ref_adj, _, _ = multipletests([0.01, 1.0, 0.03], method="holm")
+    assert adj[0] == pytest.approx(ref_adj[0]) == pytest.approx(0.03)
+    assert adj[2] == pytest.approx(ref_adj[2]) == pytest.approx(0.06)
+    assert adj[1] is None and reject[1] is None
+    assert holm([0.01, None, 0.03])[1] == [0.02, None, 0.03]  # the default still drops it
+    with pytest.raises(ValueError, match="missing"):
+        holm([0.1], missing="zero")
+
+
+# --------------------------------------------------------------------------- cluster bootstrap
+def test_cluster_bootstrap_with_singleton_clusters_is_the_block_bootstrap():
+    y, a, b = _two_models(seed=5, n=400)
+    blocks = paired_bootstrap(y, a, b, n_resamples=300, random_state=1)
+    same = paired_bootstrap(y, a, b, clusters=np.arange(400), n_resamples=300, random_state=1)
+    assert (blocks.unit, same.unit) == ("blocks", "clusters")
+    assert same.n_units == blocks.n_units == 400
+    assert (same.delta, same.ci_low, same.ci_high, same.pvalue) == (
+        blocks.delta, blocks.ci_low, blocks.ci_high, blocks.pvalue)
+
+
+def test_cluster_bootstrap_matches_a_plain_loop_over_clusters():
+    y, a, b = _two_models(seed=6, n=240)
+    clusters = np.repeat(np.array([7, 3, 9, 1, 5, 2]), 40)  # 6 clusters, labels in any order
+    r = paired_bootstrap(y, a, b, clusters=clusters, n_resamples=200, random_state=4)
+    labels = np.unique(clusters)
+    rng = np.random.default_rng(4)
+    deltas = []
+    for _ in range(200):
+        draw = labels[rng.integers(0, len(labels), size=(1, len(labels)))[0]]
+        idx = np.concatenate([np.flatnonzero(clusters == g) for g in draw])
+        f = lambda p: f1_score(y[idx], p[idx], average="macro", labels=[0, 1, 2], zero_division=0)  # noqa: E731
+        deltas.append(f(a) - f(b))
+    assert r.n_units == 6
+    assert r.ci_low == pytest.approx(np.quantile(deltas, 0.025))
+    assert r.ci_high == pytest.approx(np.quantile(deltas, 0.975))
+
+
+def test_cluster_bootstrap_is_wider_than_block_bootstrap_on_duplicated_blocks():
+    # 300 distinct blocks, each present 4 times with the same prediction (the same pixels at
+    # four QPs). Resampling single rows treats the copies as independent evidence.
+    y0, a0, b0 = _two_models(seed=7, n=300, acc_a=0.65, acc_b=0.6)
+    y, a, b = (np.tile(v, 4) for v in (y0, a0, b0))
+    groups = np.tile(np.arange(300), 4)
+    blocks = paired_bootstrap(y, a, b, n_resamples=2000, random_state=0)
+    clustered = paired_bootstrap(y, a, b, clusters=groups, n_resamples=2000, random_state=0)
+    assert clustered.delta == pytest.approx(blocks.delta)
+    width = lambda r: r.ci_high - r.ci_low  # noqa: E731
+    assert width(clustered) > 1.6 * width(blocks)  # about 2x: sqrt(4) copies
+    assert clustered.pvalue > blocks.pvalue
+
+
+def test_cluster_bootstrap_needs_two_clusters():
+    y, a, b = _two_models(seed=8, n=50)
+    with pytest.raises(ValueError, match="at least 2 clusters"):
+        paired_bootstrap(y, a, b, clusters=np.zeros(50))
+    with pytest.raises(ValueError, match="one entry per block"):
+        paired_bootstrap(y, a, b, clusters=np.arange(49))
+
+
+# --------------------------------------------------------------------------- paired across seeds
+BASE = np.array([0.40, 0.41, 0.39])
+D_ORACLE = np.array([1.08, 0.23, 0.98]) / 100  # pp -> fraction
+
+
+def test_paired_t_oracle():
+    r = paired_seed_tests(BASE + D_ORACLE, BASE)
+    assert r.n == 3 and r.df == 2
+    assert r.t == pytest.approx(2.846, abs=5e-4)
+    assert r.t_p == pytest.approx(0.1045, abs=5e-5)
+    assert 100 * r.ci_low == pytest.approx(-0.39, abs=5e-3)
+    assert 100 * r.ci_high == pytest.approx(1.92, abs=5e-3)
+    assert r.mean_diff == pytest.approx(D_ORACLE.mean())
+    rel = stats.ttest_rel(BASE + D_ORACLE, BASE)
+    assert r.t_p == pytest.approx(rel.pvalue) and r.t == pytest.approx(rel.statistic)
+    assert r.effect_size == pytest.approx(D_ORACLE.mean() / D_ORACLE.std(ddof=1))
+    # With 3 seeds the exact sign-flip and Wilcoxon tests cannot go below 0.25.
+    assert r.sign_flip_p == 0.25 and r.sign_flip_min_p == 0.25
+    assert r.wilcoxon_p == pytest.approx(stats.wilcoxon(D_ORACLE).pvalue) == pytest.approx(0.25)
+    assert r.note == ""
+
+
+def test_sign_flip_oracle_and_enumeration():
+    d = [.9, 1.4, -.6, 2.1, .3, 1.1, -.2, 1.7]
+    assert sign_flip_test(d) == pytest.approx(0.046875, abs=1e-12)
+    # Brute force over all 2^8 sign patterns.
+    observed = abs(np.mean(d))
+    means = [abs(np.mean(np.array(s) * d)) for s in itertools.product([-1, 1], repeat=len(d))]
+    assert sign_flip_test(d) == pytest.approx(np.mean(np.array(means) >= observed - 1e-12))
+    assert sign_flip_test([0.0, 0.0, 0.0]) == 1.0
+    assert sign_flip_test([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]) == pytest.approx(2 / 64)
+
+
+def test_constant_arms_give_no_variance_and_no_tiny_p():
+    a, b = [.41] * 3, [.40] * 3
+    unpaired = across_seed_tests(a, b)
+    paired = paired_seed_tests(a, b)
+    assert unpaired.welch_p is None and "no variance" in unpaired.note
+    assert paired.t_p is None and paired.ci_low is None and paired.tost_p is None
+    assert "no variance" in paired.note and "+1.00 pp" in paired.note
+    ps = [unpaired.mannwhitney_p, paired.sign_flip_p, paired.wilcoxon_p]
+    assert all(p is not None and p >= 1e-6 for p in ps)
+    # Differences that are equal up to the scores' rounding ((.43 - .40) vs (.44 - .41)) are
+    # no variance either: a t-test on them would give p = 4e-31.
+    shifted = paired_seed_tests(BASE + 0.03, BASE)
+    assert np.ptp((BASE + 0.03) - BASE) > 0
+    assert shifted.t_p is None and "no variance" in shifted.note
+    # One constant arm against a varying one: Welch is defined and matches scipy.
+    r = across_seed_tests([.41] * 3, [.40, .42, .39])
+    assert r.welch_p == pytest.approx(stats.ttest_ind([.41] * 3, [.40, .42, .39], equal_var=False).pvalue)
+
+
+def test_identical_arms_have_no_wilcoxon_and_sign_flip_one():
+    r = paired_seed_tests([.4, .5, .6], [.4, .5, .6])
+    assert r.sign_flip_p == 1.0 and r.wilcoxon_p is None and r.t_p is None
+    assert "every difference is zero" in r.note
+
+
+def test_paired_tests_need_enough_shared_seeds():
+    r = paired_seed_tests([.41, .42], [.40, .40])
+    assert r.t_p is None and r.sign_flip_p is None and "not enough seeds" in r.note
+    assert r.mean_diff == pytest.approx(0.015)
+    assert paired_seed_tests([.41, .42], [.40, .40], min_seeds=2).t_p is not None
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_seed_tests([.4, .5, .6], [.4, .5])
+
+
+def test_tost_is_two_one_sided_paired_t_tests():
+    d = np.array([0.1, -0.15, 0.05, 0.12, -0.02]) / 100  # tight around 0
+    r = paired_seed_tests(BASE[[0, 1, 2, 0, 1]] + d, BASE[[0, 1, 2, 0, 1]], margin=0.005)
+    lower = stats.ttest_1samp(d, -0.005, alternative="greater").pvalue
+    upper = stats.ttest_1samp(d, 0.005, alternative="less").pvalue
+    assert r.tost_p == pytest.approx(max(lower, upper))
+    assert r.tost_p < 0.05  # within +-0.5 pp: equivalence is shown
+    # The oracle differences (mean +0.76 pp, wide CI) are not shown equivalent.
+    assert paired_seed_tests(BASE + D_ORACLE, BASE).tost_p > 0.5
+
+
+def test_seeds_for_power_reaches_the_power_and_no_fewer_would():
+    mean, sd = D_ORACLE.mean(), D_ORACLE.std(ddof=1)
+    alpha = 0.05 / 4
+    n = seeds_for_power(mean, sd, alpha=alpha)
+    assert n == math.ceil(TTestPower().solve_power(effect_size=mean / sd, alpha=alpha, power=0.8))
+    power = lambda k: TTestPower().power(effect_size=mean / sd, nobs=k, alpha=alpha)  # noqa: E731
+    assert power(n) >= 0.8 > power(n - 1)
+    assert seeds_for_power(-mean, sd, alpha=alpha) == n  # two-sided: the sign does not matter
+    assert seeds_for_power(0.0, sd, alpha=alpha) is None
+    assert seeds_for_power(mean, 0.0, alpha=alpha) is None
+    assert seeds_for_power(mean, None, alpha=alpha) is None
+
+
+# --------------------------------------------------------------------------- Friedman
+def test_friedman_matches_scipy_and_an_exact_enumeration():
+    table = np.array([[.40, .41, .39], [.42, .44, .41], [.38, .40, .385]])  # 3 seeds x 3 arms
+    r = friedman_test(table)
+    ref = stats.friedmanchisquare(*table.T)
+    assert r.statistic == pytest.approx(ref.statistic) and r.pvalue == pytest.approx(ref.pvalue)
+    assert r.exact and r.n_resamples == 6 ** 3
+    # Every within-seed shuffle of the arms: (3!)^3 = 216 tables.
+    perms = list(itertools.permutations(range(3)))
+    chi2 = lambda t: stats.friedmanchisquare(*np.asarray(t).T).statistic  # noqa: E731
+    null = [chi2([table[i][list(p)] for i, p in enumerate(ps)])
+            for ps in itertools.product(perms, repeat=3)]
+    assert r.permutation_p == pytest.approx(np.mean(np.array(null) >= ref.statistic - 1e-9))
+    assert r.permutation_p > r.pvalue  # the chi-square approximation is too optimistic here
+
+
+def test_friedman_undefined_cases_say_why():
+    assert "at least 3 arms" in friedman_test(np.ones((3, 2))).note
+    assert "not enough seeds" in friedman_test(np.arange(6.0).reshape(2, 3)).note
+    r = friedman_test(np.array([[.4, .4, .4], [.5, .5, .5], [.3, .3, .3]]))
+    assert r.pvalue is None and "no variance" in r.note
+    big = friedman_test(np.random.default_rng(0).random((3, 5)), n_resamples=999)
+    assert not big.exact and big.n_resamples == 999
