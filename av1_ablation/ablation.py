@@ -34,6 +34,7 @@ from av1_ablation.errors import UserError
 from av1_ablation.experiment import load_split_data
 from av1_ablation.losses import LOSS_TYPES
 from av1_ablation.partitions import to_stage2
+from av1_ablation.threads import default_threads
 from av1_ablation.tracking import (KIND_TAG, experiment_id, fail_pending_run, finished_runs,
                                    log_new_params, tracked_run)
 
@@ -65,7 +66,8 @@ def run(args) -> int:
     except UserError as exc:
         fail_pending_run(str(exc))
         raise
-    parent_id, failed = run_ablation(base, losses, seeds, jobs=args.jobs)
+    parent_id, failed = run_ablation(base, losses, seeds, jobs=args.jobs,
+                                     threads=getattr(args, "threads", None))
     print(f"ablation run {parent_id}: {len(losses) * len(seeds) - len(failed)} children finished"
           + (f", {len(failed)} failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
@@ -86,8 +88,12 @@ def parse_arms(losses: str, seeds: str) -> tuple[list[str], list[int]]:
     return list(dict.fromkeys(names)), seed_list
 
 
-def run_ablation(base: Stage2Config, losses: list[str], seeds: list[int], *, jobs: int = 1):
-    """Train the missing children under one parent; returns (parent run id, failed child names)."""
+def run_ablation(base: Stage2Config, losses: list[str], seeds: list[int], *, jobs: int = 1,
+                 threads: int | None = None):
+    """Train the missing children under one parent; returns (parent run id, failed child names).
+
+    ``threads``: CPU threads of each child trained in a process of its own (default: the
+    cores divided by ``jobs``)."""
     from av1_ablation.stage1 import resolve_stage1
 
     data = load_split_data(base, to_stage2)
@@ -112,7 +118,7 @@ def run_ablation(base: Stage2Config, losses: list[str], seeds: list[int], *, job
         if jobs == 1:
             failed = [name for cfg, rid in child_ids.items() if (name := _train_in_process(cfg, rid, data))]
         else:
-            failed = _train_in_subprocesses(child_ids, jobs)
+            failed = _train_in_subprocesses(child_ids, jobs, threads or default_threads(jobs))
         summarise(parent.info.run_id, [*done.values(), *child_ids.values()])
         if failed:
             mlflow.set_tag("av1.failed_children", ",".join(failed))
@@ -142,15 +148,21 @@ def _train_in_process(cfg: Stage2Config, run_id: str, data) -> str | None:
     return None
 
 
-def _train_in_subprocesses(child_ids: dict, jobs: int) -> list[str]:
+def child_command(cfg: Stage2Config, threads: int) -> list[str]:
+    """The ``train`` command line of one child trained in a process of its own."""
+    args = [sys.executable, "-m", "av1_ablation", "train", "--threads", str(threads)]
+    for key, value in config_mod.to_params(cfg).items():
+        args += ["--" + key[len("cfg."):].replace("_", "-"), value]
+    return args
+
+
+def _train_in_subprocesses(child_ids: dict, jobs: int, threads: int) -> list[str]:
     n_gpus = torch.cuda.device_count()
 
     def launch(item):
         i, (cfg, run_id) = item
         device = f"cuda:{i % n_gpus}" if n_gpus and cfg.device in ("auto", "cuda") else cfg.device
-        args = [sys.executable, "-m", "av1_ablation", "train"]
-        for key, value in config_mod.to_params(dataclasses.replace(cfg, device=device)).items():
-            args += ["--" + key[len("cfg."):].replace("_", "-"), value]
+        args = child_command(dataclasses.replace(cfg, device=device), threads)
         env = {**os.environ, "MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": experiment_id(),
                "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
         ok = subprocess.run(args, env=env).returncode == 0

@@ -3,14 +3,22 @@
 Each subcommand lives in its own module, which defines ``configure(parser)``
 and ``run(args) -> int``. Modules are imported only when their subcommand is
 chosen, so ``av1-ablation dataset --help`` does not pay for importing MLflow.
+
+Failures the user can act on (bad input, a diverged training, Ctrl-C, SIGTERM)
+end in one line saying what happened and what to do; ``--debug`` adds the
+traceback. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
+import traceback
 
-from av1_ablation.errors import Terminated, UserError
+from av1_ablation.errors import Terminated, UserError, raise_terminated
+from av1_ablation.threads import apply_thread_budget, default_threads, thread_count
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "dataset": ("av1_ablation.dataset.command", "build a labelled block store with aomenc + libaom"),
@@ -20,35 +28,104 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "reference": ("av1_ablation.reference", "train the reference models: prior, gbm, finetune"),
     "compare": ("av1_ablation.compare", "compare the loss arms: tables, statistics, verdict"),
 }
+# Commands that train, and so take a share of the cores (--threads)
+TRAINING_COMMANDS = ("train", "stage1", "ablation", "reference")
+# exit statuses of a shell for a process ended by SIGINT / SIGTERM
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(
         prog="av1-ablation",
         description="Stage-2 loss-function ablation for AV1 partition prediction.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="print the full traceback of a failure, not only its one-line message")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     modules = {}
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
+        # also accepted after the subcommand; SUPPRESS keeps a global --debug from being reset
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="print the full traceback of a failure")
         # Import only the chosen subcommand's module (or all of them for --help).
         if chosen in (name, None) or chosen not in SUBCOMMANDS:
             modules[name] = importlib.import_module(module_name)
             modules[name].configure(sp)
+        if name in TRAINING_COMMANDS:
+            # a process setting, not a cfg.* field: it cannot change any result
+            sp.add_argument("--threads", type=thread_count, default=None, metavar="N",
+                            help="CPU threads of each training (default: the cores divided by the "
+                                 "trainings run at once; ablation --jobs N gives each child cores/N)")
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, modules = build_parser(argv)
     args = parser.parse_args(argv)
+    previous = _handle_sigterm()
     try:
+        if args.command in TRAINING_COMMANDS:
+            apply_thread_budget(args.threads or default_threads())
         return int(modules[args.command].run(args) or 0)
     except UserError as exc:
-        print(f"av1-ablation {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"av1-ablation {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Terminated:
-        print(f"av1-ablation {args.command}: terminated", file=sys.stderr)
-        return 143
+        return _report(args, f"error: {exc}", 2)
+    except KeyboardInterrupt as exc:
+        return _report(args, interrupted_message(args, exc, "Ctrl-C (SIGINT)"), EXIT_INTERRUPTED)
+    except Terminated as exc:
+        return _report(args, interrupted_message(args, exc, "SIGTERM"), EXIT_TERMINATED)
+    except Exception as exc:
+        if not _is_divergence(exc):
+            raise  # a bug: its traceback is what a report needs
+        return _report(args, f"error: {divergence_message(exc)}", 1)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _handle_sigterm():
+    """Make SIGTERM unwind like Ctrl-C for the whole command (not only inside a run), so
+    that temporary files and child processes are cleaned up; returns the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None  # signal handlers can only be set from the main thread
+    return signal.signal(signal.SIGTERM, raise_terminated)
+
+
+def _report(args, message: str, status: int) -> int:
+    if getattr(args, "debug", False):
+        traceback.print_exc()
+    print(f"av1-ablation {args.command}: {message}", file=sys.stderr)
+    return status
+
+
+def _is_divergence(exc: BaseException) -> bool:
+    # looked up, not imported: the dataset command must not pay for importing torch
+    training = sys.modules.get("av1_ablation.training")
+    return training is not None and isinstance(exc, training.NonFiniteLoss)
+
+
+def divergence_message(exc) -> str:
+    run_id, _ = getattr(exc, "av1_run", (None, None))
+    where = f"; run {run_id} is marked FAILED" if run_id else ""
+    return (f"training diverged ({exc}){where}; lower the learning rate (--lr-adapter and "
+            "--lr-head, or --lr for stage1) and start a new run")
+
+
+def interrupted_message(args, exc: BaseException, what: str) -> str:
+    """One line: what stopped the command, what state it left, how to carry on."""
+    if args.command == "dataset":
+        return (f"stopped by {what}; encoders stopped, temporary files removed, {args.out} "
+                "unchanged; run the same command again to build it")
+    run_id, kind = getattr(exc, "av1_run", (None, None))
+    if run_id is None:
+        return f"stopped by {what}"
+    message = f"stopped by {what}; run {run_id} is marked KILLED"
+    if kind == "stage2":
+        message += (f"; `av1-ablation train --resume {run_id}` continues it from its last "
+                    "completed epoch")
+    return message
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Errors that carry a message meant for the user."""
+import signal
 
 
 class UserError(Exception):
@@ -10,3 +11,8 @@ class UserError(Exception):
 
 class Terminated(BaseException):
     """SIGTERM, turned into an exception so that ``finally`` blocks and run bookkeeping run."""
+
+
+def raise_terminated(signum, frame):
+    """SIGTERM handler: unwind like Ctrl-C does, so cleanup code runs for both."""
+    raise Terminated(f"received signal {signum} ({signal.Signals(signum).name})")

@@ -10,7 +10,9 @@ first if there is none).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from av1_ablation import config as config_mod
 from av1_ablation.config import STAGE1_PRESETS, Stage1Config
-from av1_ablation.errors import UserError
+from av1_ablation.errors import Terminated, UserError
 from av1_ablation.experiment import SplitData, load_split_data, log_dataset_input, resolve_device, select
 from av1_ablation.losses import BinaryFocalLoss
 from av1_ablation.metrics import binary_metrics, f1_threshold
@@ -29,8 +31,8 @@ from av1_ablation.models import (Backbone, Stage1Model, count_parameters, load_s
                                  scaled_channels)
 from av1_ablation.partitions import to_stage1
 from av1_ablation.run_artifacts import learning_curve_figure, log_figure, log_json, log_torch
-from av1_ablation.tracking import (environment_tags, experiment_id, fail_pending_run, finished_runs,
-                                   log_new_params, tracked_run)
+from av1_ablation.tracking import (end_reason, environment_tags, experiment_id, fail_pending_run,
+                                   finished_runs, log_new_params, tracked_run)
 from av1_ablation.training import fit, predict, set_determinism
 
 # Threshold-free: F1 at a fixed 0.5 swung between 0.34 and 0.78 from epoch to epoch
@@ -180,9 +182,41 @@ def train_stage1_for(data: SplitData, width: float, device: str, preset: str,
     print(f"stage1=auto: no Stage-1 run for this data set, split, width {width} and qp_input "
           f"{qp_input}; training one "
           f"(preset {preset}, {cfg.epochs} epochs)")
-    run = MlflowClient().create_run(experiment_id(), run_name="stage1")
-    stage1_data = select(data.store, data.split, to_stage1)
-    return train_stage1(cfg, stage1_data, run_id=run.info.run_id, tags={"av1.trained_for": "stage1=auto"})
+    # the run `mlflow run` made for the Stage-2 command: ending the Stage-1 run clears the variable
+    pending = os.environ.get("MLFLOW_RUN_ID")
+    run_id = None
+    try:
+        run_id = MlflowClient().create_run(experiment_id(), run_name="stage1").info.run_id
+        stage1_data = select(data.store, data.split, to_stage1)
+        return train_stage1(cfg, stage1_data, run_id=run_id, tags={"av1.trained_for": "stage1=auto"})
+    except BaseException as exc:
+        _end_runs_of_interrupted_auto(exc, run_id, pending)
+        raise
+
+
+def _end_runs_of_interrupted_auto(exc: BaseException, stage1_run_id: str | None,
+                                  pending: str | None) -> None:
+    """Leave no run RUNNING, and no run without a reason, when ``stage1=auto`` training stops.
+
+    The Stage-1 run is open before its own bookkeeping starts (a signal may land in
+    between), and the Stage-2 run ``mlflow run`` created has not started yet, so neither
+    would otherwise be closed: both end KILLED (Ctrl-C, SIGTERM) or FAILED with the reason.
+    """
+    interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
+    status = "KILLED" if interrupted else "FAILED"
+    reason = end_reason(exc)
+    client = MlflowClient()
+    with contextlib.suppress(Exception):  # keep the original exception, whatever happens here
+        if stage1_run_id and client.get_run(stage1_run_id).info.status == "RUNNING":
+            fail_pending_run(reason, stage1_run_id, status=status)
+    active = mlflow.active_run()
+    # an ablation parent started by `mlflow run` is the active run: its own bookkeeping ends it
+    if pending and pending != stage1_run_id and not (active and active.info.run_id == pending):
+        with contextlib.suppress(Exception):
+            if client.get_run(pending).info.status == "RUNNING":
+                what = f"Stage-1 run {stage1_run_id}" if stage1_run_id else "the Stage-1 run"
+                fail_pending_run(f"{reason} (while training {what} for stage1=auto)", pending,
+                                 status=status)
 
 
 def _stage1_preset(preset: str, width: float) -> str:

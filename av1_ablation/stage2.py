@@ -9,6 +9,7 @@ with a resume point (``--resume RUN_ID`` continues it to the same result).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -31,7 +32,7 @@ from av1_ablation.run_artifacts import (learning_curve_figure, log_figure, log_j
                                         log_predictions, log_torch)
 from av1_ablation.tensors import N_DIHEDRAL, DeviceBlocks, dihedral
 from av1_ablation.tracking import (environment_tags, fail_pending_run, log_new_params,
-                                   tracked_run)
+                                   record_resume, run_lease, tracked_run)
 from av1_ablation.training import History, NonFiniteLoss, fit, predict, set_determinism
 
 SCORE = "val_macro_f1"
@@ -55,15 +56,19 @@ def add_config_arguments(parser, cls) -> None:
 
 def run(args) -> int:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Stage2Config)}
-    try:
-        if args.resume:
-            cfg, resume_state = load_resume_point(args.resume)
-        else:
-            cfg, resume_state = config_mod.resolve(Stage2Config, overrides, STAGE2_PRESETS), None
-    except UserError as exc:
-        fail_pending_run(str(exc))
-        raise
-    run_id = train_stage2(cfg, resume=(args.resume, resume_state) if args.resume else None)
+    with contextlib.ExitStack() as held:
+        try:
+            if args.resume:
+                # held until training ends: a second resume of this run is refused meanwhile
+                held.enter_context(run_lease(args.resume, label=f"resume={args.resume}"))
+                cfg, resume_state = load_resume_point(args.resume)
+                record_resume(args.resume, resume_state["history"]["epoch"])
+            else:
+                cfg, resume_state = config_mod.resolve(Stage2Config, overrides, STAGE2_PRESETS), None
+        except UserError as exc:
+            fail_pending_run(str(exc))
+            raise
+        run_id = train_stage2(cfg, resume=(args.resume, resume_state) if args.resume else None)
     print(f"Stage-2 run {run_id} finished ({cfg.loss_type}, seed {cfg.seed})")
     return 0
 
@@ -279,7 +284,7 @@ def load_model(path) -> tuple[Stage2Model, Stage2Config]:
 
 
 def load_resume_point(run_id: str) -> tuple[Stage2Config, dict]:
-    """The configuration and last completed epoch of a KILLED Stage-2 run."""
+    """The configuration and last completed epoch of a KILLED or FAILED Stage-2 run."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -292,6 +297,11 @@ def load_resume_point(run_id: str) -> tuple[Stage2Config, dict]:
         raise UserError(f"resume={run_id} is not a Stage-2 training run")
     if run.info.status == "FINISHED":
         raise UserError(f"resume={run_id} already FINISHED; nothing to resume")
+    if run.info.status not in ("KILLED", "FAILED"):
+        # RUNNING without a resume lease: its first training is still going, or its process
+        # died without closing it, which leaves no resume point either
+        raise UserError(f"resume={run_id} is {run.info.status}: another process is still training "
+                        "it; only a KILLED or FAILED run can be resumed")
     try:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=LAST_CHECKPOINT)
     except Exception:

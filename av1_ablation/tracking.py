@@ -9,24 +9,32 @@ import contextlib
 import os
 import platform
 import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from av1_ablation.errors import Terminated
+from av1_ablation.errors import Terminated, UserError, raise_terminated
 
 KIND_TAG = "av1.kind"
 FAILURE_TAG = "av1.failure_reason"
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated(f"received signal {signum}")
+# what a FAILED or KILLED run carries; a resumed run that finishes drops them
+FAILURE_TAGS = (FAILURE_TAG, "av1.failure_epoch", "av1.failure_step")
+# "pid@host" of the process resuming a run: a second resume is refused while it lives
+LEASE_TAG = "av1.lease"
+# the interruptions a resumed run came back from (comma-separated epochs; reasons)
+RESUMED_TAG = "av1.resumed_from_epoch"
+INTERRUPTIONS_TAG = "av1.interruptions"
+# time for a concurrent claim to land before a claim is read back (MLflow has no
+# compare-and-set; two claims less than this apart are decided by the later write)
+LEASE_SETTLE_SECONDS = 0.3
 
 
 def install_sigterm_handler() -> None:
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGTERM, raise_terminated)
 
 
 def git_commit() -> str | None:
@@ -76,7 +84,9 @@ def tracked_run(*, kind: str, run_id: str | None = None, run_name: str | None = 
 
     ``run_id=None`` picks up the run that ``mlflow run`` created (``MLFLOW_RUN_ID``) or
     starts a new one. ``on_interrupt()`` runs before a run is marked KILLED (the
-    training commands log their last resume point there).
+    training commands log their last resume point there). An exception leaving the
+    block carries ``av1_run = (run id, kind)`` of the innermost run it ended, so the
+    command's one-line message can name it.
     """
     install_sigterm_handler()
     nested = nested or mlflow.active_run() is not None
@@ -85,30 +95,149 @@ def tracked_run(*, kind: str, run_id: str | None = None, run_name: str | None = 
     try:
         yield run
     except (KeyboardInterrupt, Terminated) as exc:
-        reason = "interrupted by the user" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        _name_run(exc, run.info.run_id, kind)
         with contextlib.suppress(BaseException):
             if on_interrupt is not None:
                 on_interrupt()
-        mlflow.set_tag(FAILURE_TAG, reason)
+        mlflow.set_tag(FAILURE_TAG, end_reason(exc))
         mlflow.end_run("KILLED")
         raise
     except BaseException as exc:
-        mlflow.set_tag(FAILURE_TAG, f"{type(exc).__name__}: {exc}"[:4000])
+        _name_run(exc, run.info.run_id, kind)
+        mlflow.set_tag(FAILURE_TAG, end_reason(exc))
         mlflow.end_run("FAILED")
         raise
     else:
+        # a resumed run carries the tags of the interruption it came back from
+        for key in FAILURE_TAGS:
+            if key in run.data.tags:
+                MlflowClient().delete_tag(run.info.run_id, key)
         mlflow.end_run("FINISHED")
 
 
-def fail_pending_run(message: str, run_id: str | None = None) -> None:
-    """Record a rejected invocation on the run ``mlflow run`` created for it (``run_id`` or
-    ``MLFLOW_RUN_ID``), so it is not left RUNNING."""
+def _name_run(exc: BaseException, run_id: str, kind: str) -> None:
+    if not hasattr(exc, "av1_run"):  # the innermost run is the one the user needs
+        with contextlib.suppress(AttributeError):  # a few builtin exceptions take no attributes
+            exc.av1_run = (run_id, kind)
+
+
+def end_reason(exc: BaseException) -> str:
+    """The ``av1.failure_reason`` of a run ended by ``exc`` (Ctrl-C, SIGTERM or an error)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted by the user"
+    if isinstance(exc, Terminated):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"[:4000]
+
+
+def fail_pending_run(message: str, run_id: str | None = None, *, status: str = "FAILED") -> None:
+    """Record a rejected or interrupted invocation on the run ``mlflow run`` created for it
+    (``run_id`` or ``MLFLOW_RUN_ID``), so it is not left RUNNING. ``status`` is FAILED, or
+    KILLED for Ctrl-C and SIGTERM."""
+    if status not in ("FAILED", "KILLED"):
+        raise ValueError(f"status must be 'FAILED' or 'KILLED'; got {status!r}")
     run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
     if not run_id:
         return
     client = MlflowClient()
     client.set_tag(run_id, FAILURE_TAG, message[:4000])
-    client.set_terminated(run_id, "FAILED")
+    client.set_terminated(run_id, status)
+
+
+def this_process() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def holder_alive(holder: str) -> bool:
+    """Whether the process a lease names (``pid@host``) still runs. One on another host
+    cannot be checked from here and counts as alive; a malformed one as gone."""
+    pid_text, _, host = str(holder).partition("@")
+    if not pid_text.isdigit():
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid_text), 0)  # signal 0: existence and permission check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: it exists
+    try:  # a zombie has exited; only its parent has not collected it yet
+        state = Path(f"/proc/{pid_text}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def _lease_refusal(label: str, holder: str) -> UserError:
+    pid, _, host = holder.partition("@")
+    if host != socket.gethostname():  # its liveness cannot be checked from here
+        return UserError(f"{label}: the run is being resumed by process {pid} on {host}; wait for "
+                         f"it to end, or, if that process is gone, delete the run's {LEASE_TAG} "
+                         "tag and resume again")
+    return UserError(f"{label}: the run is being resumed by process {pid} on {host}; wait for it "
+                     f"to end, or stop it (kill {pid}) and resume again")
+
+
+def _clear_stale_lease(client, run, label: str):
+    """Refuse a run held by a live process; drop the mark of one that is gone (ending the
+    run KILLED when that process left it RUNNING). Returns the run as it is now."""
+    holder = run.data.tags.get(LEASE_TAG)
+    if holder is None:
+        return run
+    if holder_alive(holder):
+        raise _lease_refusal(label, holder)
+    if run.info.status == "RUNNING":
+        client.set_tag(run.info.run_id, FAILURE_TAG,
+                       f"process {holder} ended without closing the run")
+        client.set_terminated(run.info.run_id, "KILLED")
+    client.delete_tag(run.info.run_id, LEASE_TAG)
+    print(f"{label}: process {holder}, which was resuming the run, is gone; taking over")
+    return client.get_run(run.info.run_id)
+
+
+@contextlib.contextmanager
+def run_lease(run_id: str, *, label: str):
+    """Hold ``run_id`` for this process (tag :data:`LEASE_TAG`) while the block runs.
+
+    Raises :class:`UserError` naming the holder when a live process holds the run; a
+    mark whose process is gone is cleared. ``label`` starts the messages.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise UserError(f"{label}: no such run in {mlflow.get_tracking_uri()}") from None
+    _clear_stale_lease(client, run, label)
+    mine = this_process()
+    client.set_tag(run_id, LEASE_TAG, mine)
+    time.sleep(LEASE_SETTLE_SECONDS)
+    holder = client.get_run(run_id).data.tags.get(LEASE_TAG)
+    if holder != mine:  # another process claimed it at the same moment and wrote last
+        raise _lease_refusal(label, holder or "?@?")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # an unreachable store leaves a stale mark
+            if client.get_run(run_id).data.tags.get(LEASE_TAG) == mine:
+                client.delete_tag(run_id, LEASE_TAG)
+
+
+def record_resume(run_id: str, epoch: int) -> None:
+    """Append the interruption ``run_id`` is being resumed from (its last completed epoch
+    and the reason it stopped) to its history tags; the failure tags themselves go when
+    it finishes. A resume that stopped before training again adds nothing new."""
+    client = MlflowClient()
+    tags = client.get_run(run_id).data.tags
+    entry = f"epoch {epoch}: {tags.get(FAILURE_TAG, 'unknown reason')}"
+    if tags.get(INTERRUPTIONS_TAG, "").endswith(entry):
+        return  # the same interruption, met again by a resume that did not get going
+    epochs = ",".join(filter(None, [tags.get(RESUMED_TAG), str(epoch)]))
+    reasons = "; ".join(filter(None, [tags.get(INTERRUPTIONS_TAG), entry]))
+    client.set_tag(run_id, RESUMED_TAG, epochs[-4000:])
+    client.set_tag(run_id, INTERRUPTIONS_TAG, reasons[-4000:])
 
 
 def finished_runs(kind: str, *, tags: dict[str, str], params: dict[str, str], max_results: int = 1000):
@@ -129,6 +258,8 @@ def experiment_id() -> str:
 
 
 __all__ = [
-    "KIND_TAG", "FAILURE_TAG", "Terminated", "tracked_run", "log_new_params", "finished_runs",
-    "environment_tags", "fail_pending_run", "experiment_id", "git_commit",
+    "KIND_TAG", "FAILURE_TAG", "FAILURE_TAGS", "LEASE_TAG", "RESUMED_TAG", "INTERRUPTIONS_TAG",
+    "Terminated", "tracked_run", "log_new_params", "finished_runs", "environment_tags",
+    "fail_pending_run", "end_reason", "experiment_id", "git_commit", "run_lease", "holder_alive",
+    "record_resume",
 ]

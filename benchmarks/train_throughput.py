@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py --device cpu        # about a minute on 2 cores
     python benchmarks/train_throughput.py --device cuda --width 1.0 --blocks 152600 --epochs 2
+    python benchmarks/train_throughput.py --device cpu --concurrent 2   # two trainings at once
 
 The seed's way (the original research scripts): a per-sample ``Dataset`` that
 applies random flips/rotations to each block in Python, a ``DataLoader`` with
@@ -11,10 +12,18 @@ batches, the frozen prefix computed once per dihedral variant, and exact
 1x1-output fast paths for the convolutions. Same model, same batch size, same
 optimiser; synthetic 10-bit blocks and labels (throughput does not depend on
 them). The last line is ``speedup_vs_seed_loop=<ratio>``.
+
+``--concurrent N`` measures instead what N trainings at once get, each in a process
+of its own with the thread budget the commands use (the cores divided by N, or
+``--threads``), against one training alone with all of them: this project's loop
+only, started together. The last line is then ``concurrent_fraction_of_alone=<r>``,
+the slowest of the N against the one alone (1/N would be a fair share of a machine
+that was already fully used; the collapse without a budget was about 0.01).
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import random
 import resource
 import sys
@@ -30,6 +39,7 @@ from av1_ablation.losses import build_loss  # noqa: E402
 from av1_ablation.models import Backbone, Stage2Model, set_fast_paths  # noqa: E402
 from av1_ablation.stage2 import prefix_features  # noqa: E402
 from av1_ablation.tensors import N_DIHEDRAL, DeviceBlocks, epoch_generator, epoch_order  # noqa: E402
+from av1_ablation.threads import apply_thread_budget, default_threads  # noqa: E402
 
 
 class SeedStyleDataset(torch.utils.data.Dataset):
@@ -125,6 +135,49 @@ def project_loop(blocks, labels, args, device):
     return seen / (time.perf_counter() - start), cache_seconds
 
 
+def synthetic_data(n_blocks: int):
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 1024, size=(n_blocks, 16, 16), dtype=np.uint16)
+    labels = rng.choice(3, size=n_blocks, p=[0.157, 0.468, 0.375])
+    return blocks, labels
+
+
+def _concurrent_worker(args, threads, start, results):
+    """One training of a concurrent measurement, in a process of its own."""
+    apply_thread_budget(threads)  # before any tensor work, as the commands do
+    torch.manual_seed(0)
+    blocks, labels = synthetic_data(args.blocks)
+    start.wait()  # every training starts its loop together
+    results.put(project_loop(blocks, labels, args, torch.device(args.device))[0])
+
+
+def measure_at_once(args, n: int, threads: int) -> list[float]:
+    """blocks/s of each of ``n`` trainings run at once, each with ``threads`` threads."""
+    ctx = multiprocessing.get_context("spawn")  # a fresh torch per process, as separate runs have
+    start, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_concurrent_worker, args=(args, threads, start, results))
+             for _ in range(n)]
+    for proc in procs:
+        proc.start()
+    rates = [results.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    return sorted(rates)
+
+
+def concurrent_main(args) -> None:
+    alone_threads = args.threads or default_threads(1)
+    shared_threads = args.threads or default_threads(args.concurrent)
+    print(f"device {args.device}, torch {torch.__version__}, width {args.width}, {args.blocks} blocks "
+          f"x {args.epochs} epoch(s), batch {args.batch_size}; this project's loop only")
+    (alone,) = measure_at_once(args, 1, alone_threads)
+    print(f"one training alone ({alone_threads} threads): {alone:10.0f} blocks/s")
+    rates = measure_at_once(args, args.concurrent, shared_threads)
+    print(f"{args.concurrent} trainings at once ({shared_threads} threads each): "
+          + ", ".join(f"{r:.0f}" for r in rates) + " blocks/s")
+    print(f"concurrent_fraction_of_alone={rates[0] / alone:.2f}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
@@ -134,13 +187,21 @@ def main():
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the seed-style loop")
     p.add_argument("--warmup", type=int, default=3, help="batches excluded from the timing")
+    p.add_argument("--concurrent", type=int, default=1, metavar="N",
+                   help="measure N trainings at once against one alone (default 1: the seed comparison)")
+    p.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="threads per training with --concurrent (default: the cores divided by the "
+                        "trainings at once; the number of cores reproduces the unbudgeted case)")
     args = p.parse_args()
+    if args.concurrent < 1 or (args.threads is not None and args.threads < 1):
+        p.error("--concurrent and --threads must be >= 1")
+    if args.concurrent > 1:
+        concurrent_main(args)
+        return
     device = torch.device(args.device)
     torch.manual_seed(0)
     random.seed(0)
-    rng = np.random.default_rng(0)
-    blocks = rng.integers(0, 1024, size=(args.blocks, 16, 16), dtype=np.uint16)
-    labels = rng.choice(3, size=args.blocks, p=[0.157, 0.468, 0.375])
+    blocks, labels = synthetic_data(args.blocks)
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, width {args.width}, "
           f"{args.blocks} blocks x {args.epochs} epoch(s), batch {args.batch_size}")

@@ -1,7 +1,6 @@
 """The MLproject, the CLI and the environment files agree with each other."""
 from __future__ import annotations
 
-import argparse
 import re
 import shlex
 import tomllib
@@ -19,11 +18,10 @@ def mlproject():
     return yaml.safe_load((REPO / "MLproject").read_text())
 
 
-def subcommand_parser(name):
-    module_name = cli.SUBCOMMANDS[name][0]
-    parser = argparse.ArgumentParser()
-    __import__(module_name, fromlist=["configure"]).configure(parser)
-    return parser
+def parse_command(sub: str, args: list[str]):
+    """Parse ``av1-ablation <sub> <args>`` exactly as the command line does."""
+    parser, _ = cli.build_parser([sub])
+    return parser.parse_args([sub, *args])
 
 
 @pytest.mark.parametrize("entry", sorted(mlproject()["entry_points"]))
@@ -41,7 +39,7 @@ def test_entry_point_parameters_reach_the_cli(entry):
     # (quoted as mlflow run quotes them)
     values = {k: shlex.quote(str(v.get("default", "")) if isinstance(v, dict) else "x")
               for k, v in spec.get("parameters", {}).items()}
-    subcommand_parser(sub).parse_args(shlex.split(command.format(**values))[4:])
+    parse_command(sub, shlex.split(command.format(**values))[4:])
 
 
 def test_main_and_train_are_the_same_entry_point():

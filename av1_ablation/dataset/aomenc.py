@@ -1,10 +1,14 @@
 """Running libaom's ``aomenc`` for intra-only 10-bit label encodes."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import re
 import shutil
+import signal
 import subprocess
+import threading
 
 from av1_ablation.dataset.decoder import INSTALL_HINT
 from av1_ablation.errors import UserError
@@ -79,9 +83,60 @@ def encode_args(*, cq_level: int, cpu_used: int, frames: int, allintra: bool) ->
     ]
 
 
-def run_encode(args: list[str], y4m_path, ivf_path) -> None:
-    """Encode ``y4m_path`` into ``ivf_path`` with aomenc and the given options."""
+class EncoderGroup:
+    """The aomenc processes of one build, each in a process group of its own.
+
+    Their own group keeps a terminal's Ctrl-C, or a SIGTERM sent to this program's
+    group, away from them, so that this program alone decides when they stop (and
+    removes their temporary files afterwards): :meth:`stop` kills every running
+    encoder's group, waits for it, and refuses to start new ones.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self._stopped = False
+
+    def run(self, cmd: list[str]) -> tuple[int, str]:
+        """Run one encoder to completion; returns its exit status and standard error."""
+        with self._lock:  # no encoder may start once stop() has collected the running ones
+            if self._stopped:
+                raise EncodesStopped("the build is stopping; no new encode starts")
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    text=True, start_new_session=True)
+            self._running.add(proc)
+        try:
+            _, stderr = proc.communicate()
+        finally:
+            with self._lock:
+                self._running.discard(proc)
+        return proc.returncode, stderr
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [p.pid for p in self._running]
+
+    def stop(self) -> None:
+        """Kill every running encoder (its whole process group) and wait for it."""
+        with self._lock:
+            self._stopped = True
+            procs = list(self._running)
+        for proc in procs:
+            if proc.returncode is None:  # not yet collected, so its pid is still its own
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        for proc in procs:
+            proc.wait()
+
+
+class EncodesStopped(RuntimeError):
+    """An encode was asked for after :meth:`EncoderGroup.stop`."""
+
+
+def run_encode(args: list[str], y4m_path, ivf_path, encoders: EncoderGroup | None = None) -> None:
+    """Encode ``y4m_path`` into ``ivf_path`` with aomenc and the given options, as one of
+    ``encoders`` (a group of its own when None)."""
     cmd = [find_aomenc(), *args, "-o", str(ivf_path), str(y4m_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"aomenc failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    returncode, stderr = (encoders or EncoderGroup()).run(cmd)
+    if returncode != 0:
+        raise RuntimeError(f"aomenc failed ({returncode}): {' '.join(cmd)}\n{stderr[-2000:]}")

@@ -37,8 +37,8 @@ def _check_int(name, value, low, high=None, *, allow_none=False):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise UserError(f"{name} must be an integer; got {value!r}")
     if value < low or (high is not None and value > high):
-        span = f"{low}..{high}" if high is not None else f">= {low}"
-        raise UserError(f"{name} must be in {span}; got {value}")
+        span = f"be in {low}..{high}" if high is not None else f"be >= {low}"
+        raise UserError(f"{name} must {span}; got {value}")
     return int(value)
 
 
@@ -171,12 +171,13 @@ def _reusable(out: Path, request: dict, overwrite: bool) -> bool:
     return False
 
 
-def _encode_one(frames: np.ndarray, y4m: Path, qp: int, cpu_used: int, allintra: bool, workdir: Path):
+def _encode_one(frames: np.ndarray, y4m: Path, qp: int, cpu_used: int, allintra: bool, workdir: Path,
+                encoders: aomenc.EncoderGroup | None = None):
     """Encode one source at one QP; return its label grids (F, H/16, W/16) and the encode record."""
     args = aomenc.encode_args(cq_level=qp, cpu_used=cpu_used, frames=len(frames), allintra=allintra)
     ivf = workdir / f"{y4m.stem}_q{qp}.ivf"
     t0 = time.perf_counter()
-    aomenc.run_encode(args, y4m, ivf)
+    aomenc.run_encode(args, y4m, ivf, encoders)
     seconds = time.perf_counter() - t0
     n, h, w = frames.shape
     grids, want = [], cq_to_qindex(qp)
@@ -193,30 +194,31 @@ def _encode_one(frames: np.ndarray, y4m: Path, qp: int, cpu_used: int, allintra:
 
 
 def _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress):
-    from tqdm import tqdm
-
     jobs = jobs or os.cpu_count() or 1
+    encoders = aomenc.EncoderGroup()
     with tempfile.TemporaryDirectory(prefix="av1-ablation-encode-") as tmp:
         tmp = Path(tmp)
-        futures = {}
         # Threads suffice: the work happens in aomenc processes and in libaom,
         # and the per-(source, QP) results come back without pickling.
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            # Largest sources first, so that no long encode is left alone at the end.
-            for i in sorted(range(len(read)), key=lambda k: -read[k].luma.size):
-                y4m = tmp / f"source{i:04d}.y4m"
-                src_mod.write_y4m(y4m, read[i].luma)
-                for qp in qps:
-                    futures[i, qp] = pool.submit(_encode_one, read[i].luma, y4m, qp, cpu_used, allintra, tmp)
-            with tqdm(total=len(futures), desc="encodes", unit="enc", disable=None if progress else True) as bar:
-                try:
-                    for fut in as_completed(list(futures.values())):
-                        fut.result()
-                        bar.update()
-                except BaseException:
-                    for fut in futures.values():
-                        fut.cancel()
-                    raise
+            futures = {}
+            try:
+                # Largest sources first, so that no long encode is left alone at the end.
+                for i in sorted(range(len(read)), key=lambda k: -read[k].luma.size):
+                    y4m = tmp / f"source{i:04d}.y4m"
+                    src_mod.write_y4m(y4m, read[i].luma)
+                    for qp in qps:
+                        futures[i, qp] = pool.submit(_encode_one, read[i].luma, y4m, qp, cpu_used,
+                                                     allintra, tmp, encoders)
+                _wait_for_encodes(futures, progress)
+            except BaseException:
+                # Ctrl-C, SIGTERM or a failed encode: stop the other encoders now, so that
+                # the pool's exit does not wait for them and the directory they write
+                # into can be removed
+                for fut in futures.values():
+                    fut.cancel()
+                encoders.stop()
+                raise
         parts, encodes = [], []
         absent = {"total": 0, "per_qp": {str(q): 0 for q in qps}}
         for i, r in enumerate(read):
@@ -228,6 +230,16 @@ def _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress):
         absent["total"] = sum(absent["per_qp"].values())
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return arrays, encodes, absent
+
+
+def _wait_for_encodes(futures: dict, progress: bool) -> None:
+    """Wait for every encode, with a progress bar; the first failure is raised."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(futures), desc="encodes", unit="enc", disable=None if progress else True) as bar:
+        for fut in as_completed(list(futures.values())):
+            fut.result()
+            bar.update()
 
 
 def _gather(r, source_id: int, qindex: int, grids: np.ndarray) -> dict:
@@ -275,7 +287,7 @@ def ensure_dataset(path=None, *, progress=True) -> Path:
     Raises
     ------
     UserError
-        If ``path`` is given and holds no store.
+        If ``path`` is given and does not exist or holds no store.
     """
     if path is None:
         path = DEFAULT_DATA_DIR
@@ -283,7 +295,10 @@ def ensure_dataset(path=None, *, progress=True) -> Path:
             build_dataset(["embedded"], path, progress=progress)
         return path
     path = Path(path)
+    if not path.exists():
+        raise UserError(f"data={path} does not exist; pass the directory of a block store, or build "
+                        f"one there with `av1-ablation dataset --out {path}`")
     if not (path / "manifest.json").is_file():
-        raise UserError(f"{path} holds no block store (no manifest.json); build one with "
+        raise UserError(f"data={path} holds no block store (no manifest.json); build one with "
                         f"`av1-ablation dataset --out {path}`")
     return path

@@ -42,6 +42,7 @@ EMBEDDED: dict[str, str] = {
 }
 SOURCE_KINDS = ("embedded", "embedded:NAME", ".y4m", ".yuv", ".png", ".jpg", "legacy-raw:DIR", "legacy-pt:FILE")
 MIN_SIDE = 64
+_PICTURE_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 _Y4M_CHROMA = {  # colour space tag -> (bit depth, chroma samples per luma sample)
     "420": (8, 0.5), "420jpeg": (8, 0.5), "420paldv": (8, 0.5), "420mpeg2": (8, 0.5),
     "422": (8, 1.0), "444": (8, 2.0), "mono": (8, 0.0),
@@ -164,11 +165,7 @@ def read_frames(src: Source, *, width=None, height=None, frame_step=1, frames=No
         luma, indices, digest = _to_luma8(np.asarray(img))[None] << 2, [0], _array_sha256(img)
         info = {"luma": "BT.601 full range, 8-bit << 2"}
     elif src.kind == "image":
-        from skimage import io
-        try:
-            img = io.imread(src.path)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
-            raise UserError(f"cannot read picture {src.path}: {exc}") from None
+        img = _read_picture(src.path)
         luma, indices, digest = _to_luma8(np.asarray(img))[None] << 2, [0], file_sha256(src.path)
         info = {"luma": "BT.601 full range, 8-bit << 2"}
     elif src.kind == "y4m":
@@ -184,6 +181,28 @@ def read_frames(src: Source, *, width=None, height=None, frame_step=1, frames=No
         raise UserError(f"{src.spec}: picture {size[1]}x{size[0]} is smaller than 64x64; use larger pictures")
     luma = _crop(luma, crop)
     return Frames(np.ascontiguousarray(luma, dtype=np.uint16), indices, size, digest, info)
+
+
+def _read_picture(path: Path) -> np.ndarray:
+    """A PNG or JPEG picture; anything else, whatever its name, is refused by its content."""
+    from skimage import io
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise UserError(f"cannot read picture {path}: {exc.strerror}; check the path and its "
+                        "permissions") from exc
+    kind = next((k for sig, k in _PICTURE_SIGNATURES.items() if head.startswith(sig)), None)
+    if kind is None:
+        raise UserError(f"{path} is not a PNG or JPEG file (its content does not start like one, "
+                        "whatever its name says); convert it to PNG, JPEG or Y4M")
+    try:
+        return io.imread(path)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
+        # the decoder's own text suggests installing imageio plugins, which would not help
+        raise UserError(f"cannot decode {path}: a damaged or truncated {kind} file "
+                        f"({type(exc).__name__}); re-export it") from exc
 
 
 def _array_sha256(a: np.ndarray) -> str:

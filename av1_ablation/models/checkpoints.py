@@ -15,6 +15,7 @@ the original stored in ``val_metrics``, are allowed, arbitrary objects are not.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 
 import numpy as np
@@ -53,11 +54,9 @@ def read_state_dict(source) -> dict[str, torch.Tensor]:
             with torch.serialization.safe_globals(_numpy_safe_globals()):
                 obj = torch.load(source, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle and zip errors have no common base class
-            raise UserError(
-                f"cannot read checkpoint {os.fspath(source)!r}: {exc.__class__.__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}. Only tensors, numbers, strings "
-                "and numpy arrays are loaded; re-save it as {'model_state_dict': model.state_dict()}"
-            ) from exc
+            # torch's own text advises weights_only=False, i.e. running whatever code the
+            # file holds: never relayed to a user who may hold an untrusted file
+            raise UserError(_unreadable_message(os.fspath(source), exc)) from exc
     else:
         obj = source
     if not isinstance(obj, Mapping):
@@ -70,6 +69,16 @@ def read_state_dict(source) -> dict[str, torch.Tensor]:
         raise UserError(f"checkpoint has no model state dict: expected one of the keys {_STATE_KEYS} "
                         "or a bare state dict of tensors")
     return dict(obj)
+
+
+def _unreadable_message(path: str, exc: Exception) -> str:
+    if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
+        return (f"cannot read checkpoint {path!r}: it holds Python objects other than tensors, "
+                "numbers, strings and numpy arrays, which are not loaded (loading them could run "
+                "code from the file); re-save it as {'model_state_dict': model.state_dict()}")
+    return (f"cannot read checkpoint {path!r}: it is not a PyTorch checkpoint (torch.load: "
+            f"{type(exc).__name__}); pass a Stage-1 checkpoint (.pt) written by the Stage-1 "
+            "training or by the original pipeline")
 
 
 def infer_width(state: Mapping[str, torch.Tensor]) -> float:

@@ -1,0 +1,288 @@
+"""Bad inputs and faults: what the user sees and what is left behind.
+
+Signals are real signals sent to real processes (``python -m av1_ablation ...``
+started here), and child processes are looked up by pid in ``/proc``.
+docs/reliability.md lists every case with the user-visible outcome.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from av1_ablation.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = ["--preset", "smoke", "--batch-size", "16"]
+# Full-size photos at a low cq-level: encodes of a second or more, so a signal finds them running
+SLOW_ENCODES = ["--source", "embedded:astronaut", "--source", "embedded:coffee",
+                "--source", "embedded:chelsea", "--qp", "20", "32", "--jobs", "2", "--no-progress"]
+
+
+def client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient()
+
+
+def stage2_runs(experiment_id, status=None):
+    flt = "tags.`av1.kind` = 'stage2'" + (f" and attributes.status = '{status}'" if status else "")
+    return client().search_runs([experiment_id], filter_string=flt)
+
+
+def cli_process(*argv, **popen):
+    """``python -m av1_ablation ARGV`` as a process of its own (the tests' env: tracking store)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **popen.pop("env", {})}
+    return subprocess.Popen([sys.executable, "-m", "av1_ablation", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def wait_for(condition, what: str, proc=None, timeout: float = 120.0):
+    """Poll ``condition()`` until it returns something truthy; fail if ``proc`` ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the process ended (rc {proc.returncode}) before {what}: "
+                        f"{proc.stderr.read()[-2000:]}")
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    # MLflow's artifact progress bar also writes to stderr; it is not part of the message
+    lines = [line for line in err.strip().splitlines() if "Downloading artifacts" not in line]
+    assert len(lines) == 1 and lines[0].startswith("av1-ablation ") and "Traceback" not in err, err
+    return lines[0]
+
+
+# --- messages: one line, what is wrong and what to do --------------------------------------------
+
+def test_crop_below_64_is_worded_as_a_bound(tmp_path, capsys):
+    assert main(["dataset", "--source", "embedded:coins", "--crop", "10",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = one_line_error(capsys)
+    assert "--crop must be >= 64; got 10" in err and "in >=" not in err
+
+
+def test_text_file_named_png_is_refused_by_content(tmp_path, capsys):
+    fake = tmp_path / "photo.png"
+    fake.write_text("not a picture\n")
+    assert main(["dataset", "--source", str(fake), "--out", str(tmp_path / "out")]) == 2
+    err = one_line_error(capsys)
+    assert "is not a PNG or JPEG file" in err
+    assert "pip install" not in err and "plugin" not in err and "backend" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_data_directory_says_it_does_not_exist(tmp_path, tracking_store, capsys):
+    _, exp = tracking_store
+    missing = tmp_path / "nonexistent"
+    assert main(["train", "--data", str(missing), *SMOKE]) == 2
+    err = one_line_error(capsys)
+    assert f"data={missing} does not exist" in err and "holds no block store" not in err
+    assert stage2_runs(exp) == []
+
+
+def test_non_checkpoint_stage1_files_are_refused_without_torch_advice(tiny_dataset, tracking_store,
+                                                                      tmp_path, capsys):
+    _, exp = tracking_store
+    text = tmp_path / "notes.pt"
+    text.write_text("hello\n")
+    code = tmp_path / "objects.pt"
+    torch.save({"model_state_dict": {}, "extra": socket.AddressFamily.AF_INET}, code)
+    for path, expected in ((text, "is not a PyTorch checkpoint"), (code, "holds Python objects")):
+        assert main(["train", "--data", str(tiny_dataset), *SMOKE, "--stage1", str(path)]) == 2
+        err = one_line_error(capsys)
+        assert expected in err and "weights_only" not in err, err
+    assert stage2_runs(exp) == []
+
+
+def test_non_finite_loss_is_one_line_and_debug_adds_the_traceback(tiny_dataset, tracking_store,
+                                                                  capsys):
+    _, exp = tracking_store
+    diverging = ["train", "--data", str(tiny_dataset), *SMOKE, "--lr-head", "1e30",
+                 "--lr-adapter", "1e30", "--epochs", "3", "--threads", "1"]
+    assert main(diverging) == 1
+    err = one_line_error(capsys)
+    (run,) = stage2_runs(exp)
+    assert "training diverged" in err and f"run {run.info.run_id} is marked FAILED" in err
+    assert "--lr-adapter" in err
+    assert run.info.status == "FAILED" and "non-finite" in run.data.tags["av1.failure_reason"]
+    # the thread budget is a process setting, never a run parameter
+    assert torch.get_num_threads() == 1 and not any("threads" in p for p in run.data.params)
+    assert main(["--debug", *diverging]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "NonFiniteLoss" in err and "training diverged" in err
+
+
+# --- thread budget -------------------------------------------------------------------------------
+
+def test_thread_budget_divides_the_cores(monkeypatch):
+    import argparse
+
+    from av1_ablation.ablation import child_command
+    from av1_ablation.config import Stage2Config
+    from av1_ablation.threads import available_cores, default_threads, thread_count
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = available_cores()
+    assert default_threads(1) == cores and default_threads(2) == max(1, cores // 2)
+    assert default_threads(10 * cores) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's own cap wins when smaller
+    assert default_threads(1) == 1
+    assert thread_count("") is None and thread_count("3") == 3
+    for bad in ("0", "-2", "two"):
+        with pytest.raises(argparse.ArgumentTypeError, match="whole number >= 1"):
+            thread_count(bad)
+    with pytest.raises(ValueError, match="trainings_at_once"):
+        default_threads(0)
+    argv = child_command(Stage2Config(), 3)
+    assert argv[argv.index("--threads") + 1] == "3"
+
+
+# --- resume lease ------------------------------------------------------------------------------
+
+def test_lease_holder_liveness():
+    from av1_ablation.tracking import holder_alive
+
+    host = socket.gethostname()
+    assert holder_alive(f"{os.getpid()}@{host}")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # collected: its pid names no process now
+    assert not holder_alive(f"{gone.pid}@{host}")
+    assert holder_alive("1@another-host")  # cannot be checked from here: assumed alive
+    assert not holder_alive("garbage")
+
+
+def test_only_killed_or_failed_runs_can_be_resumed(tracking_store, capsys):
+    _, exp = tracking_store
+    assert main(["train", "--resume", "0" * 32]) == 2
+    assert "no such run" in one_line_error(capsys)
+    running = client().create_run(exp, tags={"av1.kind": "stage2"}).info.run_id
+    assert main(["train", "--resume", running]) == 2
+    err = one_line_error(capsys)
+    assert "is RUNNING" in err and "only a KILLED or FAILED run can be resumed" in err
+    assert "av1.lease" not in client().get_run(running).data.tags  # released after the refusal
+
+
+def _killed_run(tiny_dataset, exp) -> str:
+    """A Stage-2 run that a real SIGTERM ended KILLED after its first epoch."""
+    proc = cli_process("train", "--data", str(tiny_dataset), *SMOKE, "--epochs", "8",
+                       "--patience", "8", "--loss-type", "poly")
+    wait_for(lambda: [r for r in stage2_runs(exp, "RUNNING")
+                      if client().get_metric_history(r.info.run_id, "val_macro_f1")],
+             "the first epoch", proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143, proc.stderr.read()[-2000:]
+    (killed,) = stage2_runs(exp, "KILLED")
+    return killed.info.run_id
+
+
+@pytest.mark.slow
+def test_second_resume_is_refused_and_a_dead_holder_is_taken_over(tiny_dataset, tracking_store,
+                                                                  capsys):
+    _, exp = tracking_store
+    run_id = _killed_run(tiny_dataset, exp)
+    assert "signal 15" in client().get_run(run_id).data.tags["av1.failure_reason"]
+    first = cli_process("train", "--resume", run_id)
+    holder = f"{first.pid}@{socket.gethostname()}"
+    wait_for(lambda: client().get_run(run_id).data.tags.get("av1.lease") == holder,
+             "the first resume to hold the run", first)
+    assert main(["train", "--resume", run_id]) == 2
+    assert f"being resumed by process {first.pid}" in one_line_error(capsys)
+    first.kill()  # SIGKILL: no cleanup, the mark stays behind with a dead pid
+    first.wait(timeout=30)
+    first.stderr.close()
+    assert main(["train", "--resume", run_id]) == 0
+    assert f"process {holder}" in capsys.readouterr().out  # the stale mark was noticed
+    run = client().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert not {"av1.failure_reason", "av1.failure_epoch", "av1.failure_step", "av1.lease"} & set(tags)
+    epochs = tags["av1.resumed_from_epoch"].split(",")
+    assert len(set(epochs)) == 1 and int(epochs[0]) >= 1  # every resume started from last.pt
+    assert "signal 15" in tags["av1.interruptions"]
+    assert main(["train", "--resume", run_id]) == 2
+    assert "already FINISHED" in one_line_error(capsys)
+
+
+# --- SIGTERM during stage1=auto ------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sigterm_while_stage1_auto_trains_kills_both_runs(tiny_dataset, tracking_store):
+    _, exp = tracking_store
+    pending = client().create_run(exp).info.run_id  # what `mlflow run` creates for the command
+    proc = cli_process("train", "--data", str(tiny_dataset), "--preset", "cpu",
+                       env={"MLFLOW_RUN_ID": pending})
+    stage1 = wait_for(lambda: [r for r in client().search_runs([exp], "tags.`av1.kind` = 'stage1'")
+                               if client().get_metric_history(r.info.run_id, "val_roc_auc")],
+                      "the first Stage-1 epoch", proc)[0].info.run_id
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    err = proc.stderr.read()
+    assert f"run {stage1} is marked KILLED" in err.strip().splitlines()[-1], err[-2000:]
+    for run_id in (stage1, pending):
+        run = client().get_run(run_id)
+        assert run.info.status == "KILLED", run_id
+        assert "signal 15" in run.data.tags["av1.failure_reason"]
+    assert "stage1=auto" in client().get_run(pending).data.tags["av1.failure_reason"]
+
+
+# --- dataset: signals stop the encoders and remove the temporary files --------------------------
+
+def aomenc_children(pid: int) -> list[int]:
+    """pids of the aomenc processes whose parent is ``pid``, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            name = fields[0].split("(", 1)[1]
+            ppid = int(fields[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # ended while being read
+        if ppid == pid and name == "aomenc":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited; it only waits for its parent to collect it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, to_group, status", [
+    (signal.SIGTERM, False, 143),  # `kill PID`
+    (signal.SIGTERM, True, 143),  # `kill -- -PGID`, a service manager, a container stop
+    (signal.SIGINT, False, 130),  # Ctrl-C
+])
+def test_signal_during_dataset_build_leaves_nothing_behind(tmp_path, signum, to_group, status):
+    tmpdir, out = tmp_path / "tmp", tmp_path / "data" / "store"
+    tmpdir.mkdir()
+    # a session of its own, so that a signal to its process group does not reach pytest
+    proc = cli_process("dataset", *SLOW_ENCODES, "--out", str(out), env={"TMPDIR": str(tmpdir)},
+                       start_new_session=True)
+    encoders = wait_for(lambda: aomenc_children(proc.pid), "an aomenc encode", proc)
+    assert list(tmpdir.iterdir())  # the encode directory exists while they run
+    (os.killpg if to_group else os.kill)(proc.pid, signum)
+    assert proc.wait(timeout=60) == status
+    err = proc.stderr.read().strip()
+    assert len(err.splitlines()) == 1 and "stopped by" in err and "temporary files removed" in err, err
+    assert not [pid for pid in encoders if process_exists(pid)]
+    assert list(tmpdir.iterdir()) == []
+    # nor a half-written store beside --out
+    assert not out.exists() and (not out.parent.exists() or list(out.parent.iterdir()) == [])
