@@ -12,21 +12,23 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
 import traceback
 
 from av1_ablation.errors import Terminated, UserError, raise_terminated
-from av1_ablation.threads import apply_thread_budget, default_threads, thread_count
+from av1_ablation.training.threads import apply_thread_budget, default_threads, thread_count
 
+# in the order of the data flow: data set -> Stage 1 -> Stage 2 (arms, references) -> comparison
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "dataset": ("av1_ablation.dataset.command", "build a labelled block store with aomenc + libaom"),
-    "stage1": ("av1_ablation.stage1", "train the Stage-1 model (NONE vs partitioned)"),
-    "train": ("av1_ablation.stage2", "train one Stage-2 loss arm (the main job)"),
-    "ablation": ("av1_ablation.ablation", "train every loss x seed as child runs of one parent"),
-    "reference": ("av1_ablation.reference", "train the reference models: prior, gbm, finetune"),
-    "compare": ("av1_ablation.compare", "compare the loss arms: tables, statistics, verdict"),
+    "stage1": ("av1_ablation.training.stage1", "train the Stage-1 model (NONE vs partitioned)"),
+    "train": ("av1_ablation.training.stage2", "train one Stage-2 loss arm (the main job)"),
+    "ablation": ("av1_ablation.training.ablation", "train every loss x seed as child runs of one parent"),
+    "reference": ("av1_ablation.training.reference", "train the reference models: prior, gbm, finetune"),
+    "compare": ("av1_ablation.comparison.command", "compare the loss arms: tables, statistics, verdict"),
 }
 # Commands that train, and so take a share of the cores (--threads)
 TRAINING_COMMANDS = ("train", "stage1", "ablation", "reference")
@@ -45,7 +47,8 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, dict]:
     modules = {}
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        sp = sub.add_parser(name, help=help_text, description=help_text)
+        # no abbreviations: `ablation --seed 1` must be refused, not read as --seeds
+        sp = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         # also accepted after the subcommand; SUPPRESS keeps a global --debug from being reset
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="print the full traceback of a failure")
@@ -65,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, modules = build_parser(argv)
     args = parser.parse_args(argv)
+    _progress_bars_on_terminals_only()
     previous = _handle_sigterm()
     try:
         if args.command in TRAINING_COMMANDS:
@@ -85,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _progress_bars_on_terminals_only() -> None:
+    """The commands' own bars (tqdm, ``disable=None``) draw only on a terminal, and the epoch
+    loop prints a line per epoch; MLflow's artifact-download bars draw whatever the output
+    is, so they are turned off when it is not a terminal (an ``mlflow run`` log, a pipe)."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def _handle_sigterm():
     """Make SIGTERM unwind like Ctrl-C for the whole command (not only inside a run), so
     that temporary files and child processes are cleaned up; returns the old handler."""
@@ -102,8 +114,8 @@ def _report(args, message: str, status: int) -> int:
 
 def _is_divergence(exc: BaseException) -> bool:
     # looked up, not imported: the dataset command must not pay for importing torch
-    training = sys.modules.get("av1_ablation.training")
-    return training is not None and isinstance(exc, training.NonFiniteLoss)
+    loop = sys.modules.get("av1_ablation.training.loop")
+    return loop is not None and isinstance(exc, loop.NonFiniteLoss)
 
 
 def divergence_message(exc) -> str:

@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from av1_ablation.losses import build_loss  # noqa: E402
 from av1_ablation.models import Backbone, Stage2Model, set_fast_paths  # noqa: E402
-from av1_ablation.stage2 import prefix_features  # noqa: E402
-from av1_ablation.tensors import N_DIHEDRAL, DeviceBlocks, epoch_generator, epoch_order  # noqa: E402
-from av1_ablation.threads import apply_thread_budget, default_threads  # noqa: E402
+from av1_ablation.training.prefix import prefix_features  # noqa: E402
+from av1_ablation.training.tensors import N_DIHEDRAL, DeviceBlocks, epoch_generator, epoch_order  # noqa: E402
+from av1_ablation.training.threads import apply_thread_budget, default_threads  # noqa: E402
 
 
 class SeedStyleDataset(torch.utils.data.Dataset):

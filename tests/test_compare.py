@@ -12,11 +12,11 @@ from mlflow.entities import Metric, Param
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from av1_ablation import compare
+from av1_ablation.comparison import command as compare
 from av1_ablation.errors import UserError
-from av1_ablation.metrics import calibration_metrics, classification_metrics
-from av1_ablation.report import render_markdown, render_text, summarise
-from av1_ablation.runs import RunRecord
+from av1_ablation.record.metrics import calibration_metrics, classification_metrics
+from av1_ablation.comparison.report import render_markdown, render_text, summarise
+from av1_ablation.comparison.runs import RunRecord
 
 N_BLOCKS = 240
 CFG = {"cfg.epochs": "3", "cfg.batch_size": "64", "cfg.lr_head": "0.001", "cfg.width": "16",

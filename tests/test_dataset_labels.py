@@ -5,7 +5,7 @@ import pytest
 from av1_ablation.dataset.labels import (
     ABSENT, BLOCK_IDS, PartitionGeometryError, node_labels, node_type,
 )
-from av1_ablation.partitions import Partition as P
+from av1_ablation.dataset.partitions import Partition as P
 
 B = {f"{w}x{h}": i for (w, h), i in BLOCK_IDS.items()}
 

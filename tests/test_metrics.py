@@ -13,12 +13,12 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from av1_ablation.metrics import (
-    CLASS_KEYS,
+from av1_ablation.record.contract import CLASS_KEYS
+from av1_ablation.record.figures import confusion_figure
+from av1_ablation.record.metrics import (
     binary_metrics,
     calibration_metrics,
     classification_metrics,
-    confusion_figure,
     reliability_curve,
 )
 

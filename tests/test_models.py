@@ -91,7 +91,7 @@ def test_original_stage1_checkpoint_loads_strictly(tmp_path, width):
     assert all(torch.equal(loaded[k], state["backbone." + k]) for k in loaded)
     model = load_stage1_model(path)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-    stage2 = Stage2Model.from_stage1(path)
+    stage2 = Stage2Model.from_stage1(load_stage1_backbone(path))
     assert all(torch.equal(v, state["backbone." + k]) for k, v in stage2.backbone.state_dict().items())
 
 

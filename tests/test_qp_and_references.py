@@ -54,8 +54,8 @@ def test_qp_none_is_the_original_model():
 
 @pytest.mark.parametrize("qp_input", QP_INPUTS)
 def test_prefix_cache_is_exact_with_qp_input(qp_input):
-    from av1_ablation.stage2 import prefix_features
-    from av1_ablation.tensors import DeviceBlocks
+    from av1_ablation.training.prefix import prefix_features
+    from av1_ablation.training.tensors import DeviceBlocks
 
     torch.manual_seed(0)
     model = Stage2Model(width=0.25, qp_input=qp_input).eval()
@@ -82,7 +82,7 @@ def test_stage1_checkpoints_record_their_qp_input(qp_input, tmp_path):
 
 
 def test_macro_f1_of_the_cluster_bootstrap_equals_scikit_learn():
-    from av1_ablation.context import _macro_f1
+    from av1_ablation.comparison.context import _macro_f1
 
     rng = np.random.default_rng(0)
     for n in (5, 50, 500):
@@ -92,7 +92,7 @@ def test_macro_f1_of_the_cluster_bootstrap_equals_scikit_learn():
 
 
 def test_block_statistics_are_the_documented_columns():
-    from av1_ablation.reference import STATISTICS, block_statistics
+    from av1_ablation.training.reference import STATISTICS, block_statistics
 
     flat = np.full((1, 16, 16), 512)
     halves = np.zeros((1, 16, 16))

@@ -131,9 +131,9 @@ def test_non_finite_loss_is_one_line_and_debug_adds_the_traceback(tiny_dataset, 
 def test_thread_budget_divides_the_cores(monkeypatch):
     import argparse
 
-    from av1_ablation.ablation import child_command
-    from av1_ablation.config import Stage2Config
-    from av1_ablation.threads import available_cores, default_threads, thread_count
+    from av1_ablation.training.ablation import child_command
+    from av1_ablation.training.config import Stage2Config
+    from av1_ablation.training.threads import available_cores, default_threads, thread_count
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cores = available_cores()
@@ -154,7 +154,7 @@ def test_thread_budget_divides_the_cores(monkeypatch):
 # --- resume lease ------------------------------------------------------------------------------
 
 def test_lease_holder_liveness():
-    from av1_ablation.tracking import holder_alive
+    from av1_ablation.training.lifecycle import holder_alive
 
     host = socket.gethostname()
     assert holder_alive(f"{os.getpid()}@{host}")

@@ -10,7 +10,7 @@ from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
-from av1_ablation.statistics import (
+from av1_ablation.comparison.statistics import (
     across_seed_tests,
     friedman_test,
     holm,

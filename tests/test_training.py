@@ -34,7 +34,7 @@ def train(tiny_dataset, *extra):
 
 
 def test_normalisation_happens_once():
-    from av1_ablation.tensors import DeviceBlocks
+    from av1_ablation.training.tensors import DeviceBlocks
 
     blocks = np.array([[[0, 1023] * 8] * 16], dtype=np.uint16)
     x = DeviceBlocks(blocks, np.array([1]), torch.device("cpu")).inputs(torch.tensor([0]))
@@ -44,7 +44,7 @@ def test_normalisation_happens_once():
 
 
 def test_dihedral_variants_are_the_eight_symmetries():
-    from av1_ablation.tensors import dihedral
+    from av1_ablation.training.tensors import dihedral
 
     x = torch.arange(16.0).reshape(1, 4, 4)
     images = {tuple(dihedral(x, v).flatten().tolist()) for v in range(8)}
@@ -76,8 +76,8 @@ def test_train_run_records_contract(tiny_dataset, tracking_store):
     import mlflow
 
     from av1_ablation.dataset import load_store
-    from av1_ablation.stage2 import load_model
-    from av1_ablation.tensors import normalise
+    from av1_ablation.training.stage2 import load_model
+    from av1_ablation.training.tensors import normalise
 
     model, cfg = load_model(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
                                                                artifact_path="checkpoint/model.pt"))
@@ -99,10 +99,24 @@ def test_train_run_records_contract(tiny_dataset, tracking_store):
         proba = torch.softmax(model(normalise(blocks)).double(), 1).numpy()
     assert np.allclose(proba, preds[:, 3:6], atol=1e-5)
     # per-class test figures come from the selected checkpoint's predictions
-    from av1_ablation.metrics import classification_metrics
+    from av1_ablation.record.metrics import classification_metrics
 
     again = classification_metrics(preds[:, 1].astype(int), preds[:, 2].astype(int), prefix="test_")
     assert again["test_macro_f1"] == pytest.approx(run.data.metrics["test_macro_f1"])
+    # the experiment is marked for mlflow ui's model-training view
+    assert client().get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_experiment_kind_chosen_by_the_user_is_kept(tracking_store):
+    from av1_ablation.record.experiment import mark_model_training
+
+    _, exp = tracking_store
+    other = client().create_experiment("genai")
+    client().set_experiment_tag(other, "mlflow.experimentKind", "genai_development")
+    for experiment in (exp, other):
+        mark_model_training(experiment)
+    assert client().get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client().get_experiment(other).tags["mlflow.experimentKind"] == "genai_development"
 
 
 def test_same_seed_same_metrics(tiny_dataset, tracking_store):

@@ -5,10 +5,10 @@ import argparse
 import re
 
 from av1_ablation.dataset.build import DEFAULT_DATA_DIR, DEFAULT_QPS, build_dataset, cq_to_qindex
+from av1_ablation.dataset.partitions import ONE_TO_FOUR, PARTITION_NAMES, STAGE2_GROUPS
 from av1_ablation.dataset.sources import SOURCE_KINDS
 from av1_ablation.dataset.store import read_manifest
 from av1_ablation.errors import UserError
-from av1_ablation.partitions import ONE_TO_FOUR, PARTITION_NAMES, STAGE2_GROUPS
 
 
 def int_list(values) -> list[int]:
@@ -27,6 +27,25 @@ def int_list(values) -> list[int]:
     return out
 
 
+def optional_int(text: str) -> int | None:
+    """An integer option; empty (what ``mlflow run`` passes for an unset parameter) is None."""
+    if str(text).strip() == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def flag(text: str) -> bool:
+    """A flag's optional value: the flag alone is true; ``true``/``false`` (or "", false) is
+    what ``mlflow run`` passes."""
+    value = text.strip().lower()
+    if value not in ("", "true", "false"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    return value == "true"
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", action="append", metavar="SRC",
                         help=f"repeatable; one of {', '.join(SOURCE_KINDS)} (default: embedded)")
@@ -35,25 +54,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="aomenc cq-levels 0..63, e.g. 20 32 43 55 or \"20,32\" (default: 20 32 43 55)")
     parser.add_argument("--cpu-used", type=int, default=2, help="aomenc speed; <= 4 keeps AB (default: 2)")
     parser.add_argument("--jobs", type=int, default=0, help="parallel encodes, 0 = all cores (default: 0)")
-    parser.add_argument("--width", type=int, help="width of raw .yuv sources")
-    parser.add_argument("--height", type=int, help="height of raw .yuv sources")
+    parser.add_argument("--width", type=optional_int, help="width of raw .yuv sources")
+    parser.add_argument("--height", type=optional_int, help="height of raw .yuv sources")
     parser.add_argument("--frame-step", type=int, default=1, help="videos: every N-th frame (default: 1)")
     parser.add_argument("--frames", nargs="+", metavar="LIST", help="videos: frame numbers, e.g. \"0,50,100\"")
-    parser.add_argument("--max-frames", type=int, help="videos: at most N frames")
-    parser.add_argument("--crop", type=int, help="centre crop each picture to NxN (then to a multiple of 64)")
-    parser.add_argument("--allintra", action="store_true",
+    parser.add_argument("--max-frames", type=optional_int, help="videos: at most N frames")
+    parser.add_argument("--crop", type=optional_int,
+                        help="centre crop each picture to NxN (then to a multiple of 64)")
+    # flags: alone, or with true/false (how MLproject sets them)
+    parser.add_argument("--allintra", nargs="?", const=True, default=False, type=flag, metavar="BOOL",
                         help="libaom all-intra profile (default: good quality, key frames only)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing store")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", nargs="?", const=True, default=False, type=flag, metavar="BOOL",
+                        help="replace an existing store")
+    parser.add_argument("--no-progress", nargs="?", const=True, default=False, type=flag, metavar="BOOL",
+                        help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    # empty values are what `mlflow run` passes for parameters left unset
     out = build_dataset(
-        args.source or ["embedded"], args.out,
-        qps=int_list(args.qp) if args.qp else DEFAULT_QPS,
+        [s for s in args.source or [] if s] or ["embedded"], args.out,
+        qps=int_list(args.qp or []) or DEFAULT_QPS,
         cpu_used=args.cpu_used, jobs=args.jobs, crop=args.crop, allintra=args.allintra,
         width=args.width, height=args.height, frame_step=args.frame_step,
-        frames=int_list(args.frames) if args.frames else None, max_frames=args.max_frames,
+        frames=int_list(args.frames or []) or None, max_frames=args.max_frames,
         overwrite=args.overwrite, progress=not args.no_progress,
     )
     print(summary(read_manifest(out), out))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from av1_ablation.partitions import Partition
+from av1_ablation.dataset.partitions import Partition
 
 ABSENT = -1
 
@@ -101,7 +101,7 @@ def node_type(bsize: int, partition: int) -> int:
     Returns
     -------
     int
-        A :class:`~av1_ablation.partitions.Partition` id, or ``ABSENT`` (-1)
+        A :class:`~av1_ablation.dataset.partitions.Partition` id, or ``ABSENT`` (-1)
         when no 16x16 node exists there.
     """
     if not 0 <= bsize < len(BLOCK_DIMS) or not 0 <= partition < len(Partition):

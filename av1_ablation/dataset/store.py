@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from av1_ablation.atomic import atomic_directory
+from av1_ablation.dataset.atomic import atomic_directory
+from av1_ablation.dataset.partitions import ONE_TO_FOUR, PARTITION_NAMES, STAGE2_GROUPS
 from av1_ablation.errors import UserError
-from av1_ablation.partitions import ONE_TO_FOUR, PARTITION_NAMES, STAGE2_GROUPS
 
 FORMAT_VERSION = 1
 ARRAYS: dict[str, tuple[np.dtype, tuple[int, ...]]] = {

@@ -205,22 +205,22 @@ class Stage2Model(nn.Module):
         return groups
 
     @classmethod
-    def from_stage1(cls, source, *, adapter_layers: Iterable[str] = ("layer3", "layer4"),
+    def from_stage1(cls, source: "Stage1Model | Backbone", *,
+                    adapter_layers: Iterable[str] = ("layer3", "layer4"),
                     adapter_reduction: int = 4) -> "Stage2Model":
         """Build on a copy of a Stage-1 backbone.
 
-        ``source`` is a :class:`Stage1Model`, a :class:`Backbone`, or the path
-        of a Stage-1 checkpoint (the original pipeline's or ours); see
-        :func:`av1_ablation.models.checkpoints.load_stage1_backbone`.
+        ``source`` is a :class:`Stage1Model` or a :class:`Backbone`; for a Stage-1
+        checkpoint file (the original pipeline's or ours) pass
+        :func:`av1_ablation.models.checkpoints.load_stage1_backbone` of it.
         """
-        from av1_ablation.models.checkpoints import load_stage1_backbone
-
         if isinstance(source, Stage1Model):
             backbone = copy.deepcopy(source.backbone)
         elif isinstance(source, Backbone):
             backbone = copy.deepcopy(source)
         else:
-            backbone = load_stage1_backbone(source)
+            raise TypeError(f"source must be a Stage1Model or a Backbone; got {type(source).__name__} "
+                            "(load a checkpoint file with load_stage1_backbone first)")
         return cls(backbone, adapter_layers=adapter_layers, adapter_reduction=adapter_reduction)
 
 

@@ -1,13 +1,13 @@
 """Classification and calibration metrics of the Stage-1 and Stage-2 models.
 
-Metric names are defined here once. Every function returns a flat
-``dict[str, float]`` whose keys carry an optional ``prefix`` (``"val_"``,
-``"test_"``), so the training loop can pass the result straight to
-``mlflow.log_metrics`` and the comparison can read the same names back.
+Every function returns a flat ``dict[str, float]`` whose keys are the metric
+names of :mod:`av1_ablation.record.contract`, after an optional ``prefix``
+(``contract.VAL``, ``contract.TEST``), so the training loop can pass the result
+straight to ``mlflow.log_metrics`` and the comparison can read the same names back.
 
 Stage 2 has three classes, in the order of
-:data:`av1_ablation.partitions.STAGE2_NAMES` (SPLIT=0, RECT=1, AB=2); the
-lower-case suffixes of the per-class keys are :data:`CLASS_KEYS`.
+:data:`av1_ablation.dataset.partitions.STAGE2_NAMES` (SPLIT=0, RECT=1, AB=2); the
+lower-case suffixes of the per-class keys are :data:`~av1_ablation.record.contract.CLASS_KEYS`.
 
 Higher is better for ``*f1*``, ``*precision*``, ``*recall*``, ``*accuracy*``
 and ``*roc_auc``; lower is better for ``*ece``, ``*nll`` and ``*brier``.
@@ -17,42 +17,39 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-# Figures are drawn on the Agg canvas directly, without pyplot: nothing opens a
-# display, nothing stays registered in pyplot, and the caller's backend is untouched.
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
-    confusion_matrix,
     log_loss,
     precision_recall_curve,
     precision_recall_fscore_support,
     roc_auc_score,
 )
 
-from av1_ablation.partitions import STAGE2_NAMES
+from av1_ablation.dataset.partitions import STAGE2_NAMES
+from av1_ablation.record.contract import (ACCURACY, AVERAGE_PRECISION, BRIER, CLASS_KEYS, COUNT, ECE, F1,
+                                          MACRO_F1, MACRO_PRECISION, MACRO_RECALL, NLL, PRECISION, RECALL,
+                                          ROC_AUC, per_class, per_qp)
 
-CLASS_KEYS: tuple[str, ...] = tuple(name.lower() for name in STAGE2_NAMES)
 N_CLASSES = len(STAGE2_NAMES)
 LABELS: list[int] = list(range(N_CLASSES))
 
 __all__ = [
-    "CLASS_KEYS",
+    "N_CLASSES",
     "binary_metrics",
+    "check_labels",
+    "check_pair",
     "f1_threshold",
     "flatten_per_qp",
-    "per_qp_figure",
     "per_qp_metrics",
     "calibration_metrics",
     "classification_metrics",
-    "confusion_figure",
     "reliability_curve",
 ]
 
 
 # --------------------------------------------------------------------------- checks
-def _check_labels(y, name: str, n_classes: int = N_CLASSES) -> np.ndarray:
+def check_labels(y, name: str, n_classes: int = N_CLASSES) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim != 1:
         raise ValueError(f"{name} must be 1-D; got shape {y.shape}")
@@ -69,7 +66,7 @@ def _check_labels(y, name: str, n_classes: int = N_CLASSES) -> np.ndarray:
     return y.astype(np.int64, copy=False)
 
 
-def _check_pair(y_true, y_other, other_name: str) -> None:
+def check_pair(y_true, y_other, other_name: str) -> None:
     if len(y_true) != len(y_other):
         raise ValueError(
             f"y_true and {other_name} have different lengths ({len(y_true)} and {len(y_other)})"
@@ -139,22 +136,22 @@ def classification_metrics(y_true, y_pred, *, prefix: str = "") -> dict[str, flo
     >>> round(m["val_macro_f1"], 4), m["val_accuracy"]
     (0.7778, 0.75)
     """
-    y_true = _check_labels(y_true, "y_true")
-    y_pred = _check_labels(y_pred, "y_pred")
-    _check_pair(y_true, y_pred, "y_pred")
+    y_true = check_labels(y_true, "y_true")
+    y_pred = check_labels(y_pred, "y_pred")
+    check_pair(y_true, y_pred, "y_pred")
     precision, recall, f1, _ = precision_recall_fscore_support(
         y_true, y_pred, labels=LABELS, zero_division=0
     )
     out = {
-        f"{prefix}macro_f1": float(np.mean(f1)),
-        f"{prefix}accuracy": float(accuracy_score(y_true, y_pred)),
-        f"{prefix}macro_precision": float(np.mean(precision)),
-        f"{prefix}macro_recall": float(np.mean(recall)),
+        prefix + MACRO_F1: float(np.mean(f1)),
+        prefix + ACCURACY: float(accuracy_score(y_true, y_pred)),
+        prefix + MACRO_PRECISION: float(np.mean(precision)),
+        prefix + MACRO_RECALL: float(np.mean(recall)),
     }
     for key, p, r, f in zip(CLASS_KEYS, precision, recall, f1):
-        out[f"{prefix}f1_{key}"] = float(f)
-        out[f"{prefix}precision_{key}"] = float(p)
-        out[f"{prefix}recall_{key}"] = float(r)
+        out[prefix + per_class(F1, key)] = float(f)
+        out[prefix + per_class(PRECISION, key)] = float(p)
+        out[prefix + per_class(RECALL, key)] = float(r)
     return out
 
 
@@ -195,7 +192,7 @@ def reliability_curve(y_true, proba, *, n_bins: int = 15):
     >>> count.tolist(), acc.tolist()
     ([0, 2], [nan, 0.5])
     """
-    y_true = _check_labels(y_true, "y_true")
+    y_true = check_labels(y_true, "y_true")
     proba = _check_proba(proba, len(y_true))
     n_bins = _check_n_bins(n_bins)
     confidence = proba.max(axis=1)
@@ -257,7 +254,7 @@ def calibration_metrics(y_true, proba, *, n_bins: int = 15, prefix: str = "") ->
     >>> round(m["brier"], 4), round(m["nll"], 4)
     (0.25, 0.3466)
     """
-    y_true = _check_labels(y_true, "y_true")
+    y_true = check_labels(y_true, "y_true")
     proba = _check_proba(proba, len(y_true))
     bin_confidence, bin_accuracy, count = reliability_curve(y_true, proba, n_bins=n_bins)
     filled = count > 0
@@ -265,7 +262,7 @@ def calibration_metrics(y_true, proba, *, n_bins: int = 15, prefix: str = "") ->
     onehot = np.eye(N_CLASSES)[y_true]
     brier = np.mean(np.sum((proba - onehot) ** 2, axis=1))
     nll = log_loss(y_true, proba, labels=LABELS)
-    return {f"{prefix}ece": float(ece), f"{prefix}nll": float(nll), f"{prefix}brier": float(brier)}
+    return {prefix + ECE: float(ece), prefix + NLL: float(nll), prefix + BRIER: float(brier)}
 
 
 # --------------------------------------------------------------------------- Stage 1
@@ -303,11 +300,11 @@ def binary_metrics(y_true, y_score, *, threshold: float = 0.5, prefix: str = "")
     >>> m["accuracy"], m["roc_auc"]
     (0.75, 1.0)
     """
-    y_true = _check_labels(y_true, "y_true", n_classes=2)
+    y_true = check_labels(y_true, "y_true", n_classes=2)
     y_score = np.asarray(y_score, dtype=np.float64)
     if y_score.ndim != 1:
         raise ValueError(f"y_score must be 1-D (probability of the partitioned class); got {y_score.shape}")
-    _check_pair(y_true, y_score, "y_score")
+    check_pair(y_true, y_score, "y_score")
     if not np.all(np.isfinite(y_score)) or y_score.min() < 0 or y_score.max() > 1:
         raise ValueError("y_score must hold probabilities in [0, 1]")
     if not 0.0 <= threshold <= 1.0:
@@ -323,12 +320,12 @@ def binary_metrics(y_true, y_score, *, threshold: float = 0.5, prefix: str = "")
         auc = float(roc_auc_score(y_true, y_score))
         ap = float(average_precision_score(y_true, y_score))
     return {
-        f"{prefix}f1": float(f1[0]),
-        f"{prefix}precision": float(precision[0]),
-        f"{prefix}recall": float(recall[0]),
-        f"{prefix}accuracy": float(accuracy_score(y_true, y_pred)),
-        f"{prefix}roc_auc": auc,
-        f"{prefix}average_precision": ap,
+        prefix + F1: float(f1[0]),
+        prefix + PRECISION: float(precision[0]),
+        prefix + RECALL: float(recall[0]),
+        prefix + ACCURACY: float(accuracy_score(y_true, y_pred)),
+        prefix + ROC_AUC: auc,
+        prefix + AVERAGE_PRECISION: ap,
     }
 
 
@@ -344,65 +341,14 @@ def f1_threshold(y_true, y_score) -> float:
     >>> f1_threshold([0, 0, 1, 1], [0.1, 0.6, 0.7, 0.9])
     0.7
     """
-    y_true = _check_labels(y_true, "y_true", n_classes=2)
+    y_true = check_labels(y_true, "y_true", n_classes=2)
     y_score = np.asarray(y_score, dtype=np.float64)
-    _check_pair(y_true, y_score, "y_score")
+    check_pair(y_true, y_score, "y_score")
     if not y_true.any():
         return 0.5
     precision, recall, thresholds = precision_recall_curve(y_true, y_score)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     return float(thresholds[int(np.argmax(f1[:-1]))])
-
-
-# --------------------------------------------------------------------------- figures
-def confusion_figure(y_true, y_pred, *, title: str, class_names=None) -> Figure:
-    """Confusion matrix as counts and row-normalised (recall per true class).
-
-    Parameters
-    ----------
-    y_true, y_pred : array-like of shape (n_samples,)
-        True and predicted class ids.
-    title : str
-        Figure title (e.g. the loss and the split).
-    class_names : sequence of str, default=None
-        Class names in id order; ``STAGE2_NAMES`` by default, use
-        ``STAGE1_NAMES`` for Stage 1.
-
-    Returns
-    -------
-    fig : matplotlib.figure.Figure
-        Two panels, rows = true class, columns = predicted class. The figure
-        is not registered with pyplot, so it needs no ``plt.close``.
-    """
-    names = tuple(STAGE2_NAMES if class_names is None else class_names)
-    y_true = _check_labels(y_true, "y_true", n_classes=len(names))
-    y_pred = _check_labels(y_pred, "y_pred", n_classes=len(names))
-    _check_pair(y_true, y_pred, "y_pred")
-    counts = confusion_matrix(y_true, y_pred, labels=list(range(len(names))))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rows = counts / counts.sum(axis=1, keepdims=True)
-    rows = np.nan_to_num(rows)  # an absent true class gives an all-zero row
-
-    fig = Figure(figsize=(9.5, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    panels = fig.subplots(1, 2)
-    for ax, matrix, fmt, label in (
-        (panels[0], counts, "{:d}", "counts"),
-        (panels[1], rows, "{:.2f}", "row-normalised (recall)"),
-    ):
-        scaled = matrix / max(matrix.max(), 1)
-        ax.imshow(scaled, cmap="Blues", vmin=0, vmax=1)
-        for i in range(len(names)):
-            for j in range(len(names)):
-                ax.text(j, i, fmt.format(matrix[i, j]), ha="center", va="center",
-                        color="white" if scaled[i, j] > 0.5 else "black")
-        ax.set_xticks(range(len(names)), names)
-        ax.set_yticks(range(len(names)), names)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(label)
-    fig.suptitle(title)
-    return fig
 
 
 # --------------------------------------------------------------------------- per QP
@@ -415,40 +361,19 @@ def per_qp_metrics(y_true, y_pred, qindex) -> dict[int, dict[str, float]]:
     >>> sorted(m), m[80]["n"], m[80]["accuracy"]
     ([80, 220], 2.0, 1.0)
     """
-    y_true = _check_labels(y_true, "y_true")
-    y_pred = _check_labels(y_pred, "y_pred")
+    y_true = check_labels(y_true, "y_true")
+    y_pred = check_labels(y_pred, "y_pred")
     qindex = np.asarray(qindex)
-    _check_pair(y_true, y_pred, "y_pred")
-    _check_pair(y_true, qindex, "qindex")
+    check_pair(y_true, y_pred, "y_pred")
+    check_pair(y_true, qindex, "qindex")
     out = {}
     for q in np.unique(qindex):
         sel = qindex == q
-        out[int(q)] = {"n": float(sel.sum()), **classification_metrics(y_true[sel], y_pred[sel])}
+        out[int(q)] = {COUNT: float(sel.sum()), **classification_metrics(y_true[sel], y_pred[sel])}
     return out
 
 
-def flatten_per_qp(per_qp: dict[int, dict[str, float]]) -> dict[str, float]:
+def flatten_per_qp(per_qp_values: dict[int, dict[str, float]]) -> dict[str, float]:
     """MLflow metric keys ``q<qindex>_macro_f1`` and ``q<qindex>_f1_<class>``."""
-    keys = ("n", "macro_f1", *(f"f1_{k}" for k in CLASS_KEYS))
-    return {f"q{q}_{k}": m[k] for q, m in per_qp.items() for k in keys}
-
-
-def per_qp_figure(per_qp: dict[int, dict[str, float]], *, title: str) -> Figure:
-    """Macro-F1 and per-class F1 for each qindex, as grouped bars."""
-    qps = sorted(per_qp)
-    keys = ("macro_f1", *(f"f1_{k}" for k in CLASS_KEYS))
-    labels = ("macro-F1", *STAGE2_NAMES)
-    fig = Figure(figsize=(8, 3.8), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    width = 0.8 / len(keys)
-    x = np.arange(len(qps))
-    for i, (key, label) in enumerate(zip(keys, labels)):
-        ax.bar(x + (i - (len(keys) - 1) / 2) * width, [per_qp[q][key] for q in qps], width,
-               label=label)
-    ax.set_xticks(x, [f"qindex {q}\n({int(per_qp[q]['n'])} blocks)" for q in qps])
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("test F1")
-    ax.legend(ncols=4, fontsize="small", loc="upper right")
-    ax.set_title(title)
-    return fig
+    keys = (COUNT, MACRO_F1, *(per_class(F1, k) for k in CLASS_KEYS))
+    return {per_qp(q, k): m[k] for q, m in per_qp_values.items() for k in keys}

@@ -25,16 +25,20 @@ import time
 import mlflow
 import numpy as np
 
-from av1_ablation import config as config_mod
-from av1_ablation.config import STAGE2_PRESETS, Stage2Config
+from av1_ablation.dataset.partitions import STAGE2_NAMES, to_stage2
 from av1_ablation.errors import UserError
-from av1_ablation.experiment import load_split_data, log_dataset_input
-from av1_ablation.partitions import STAGE2_NAMES, to_stage2
-from av1_ablation.tracking import environment_tags, fail_pending_run, log_new_params, tracked_run
+from av1_ablation.record.contract import (BEST_VAL, GBM_ITERATIONS, KIND_REFERENCE, KIND_REFERENCES,
+                                          LOSS_TYPE_PARAM, MACRO_F1, MODELS_PARAM, PARENT_RUN_TAG,
+                                          REFERENCES_RUN_NAME, REFERENCE_MODELS, REFERENCE_TAG, SEED_PARAM,
+                                          TEST, TEST_F1_AB, TRAIN_SECONDS, reference_run_name)
+from av1_ablation.training import config as config_mod
+from av1_ablation.training.config import STAGE2_PRESETS, Stage2Config
+from av1_ablation.training.data import load_split_data, log_dataset_input
+from av1_ablation.training.lifecycle import (environment_tags, experiment_id, fails_pending_run,
+                                             log_new_params, tracked_run)
+from av1_ablation.training.stage2 import RunLabels, log_evaluation, train_stage2
 
-REFERENCES = ("prior", "gbm", "finetune")
-REFERENCE_TAG = "av1.reference"
-KIND = "reference"
+REFERENCES = REFERENCE_MODELS
 STATISTICS = (
     "mean", "variance", "range",
     "var_top", "var_bottom", "var_left", "var_right",
@@ -42,35 +46,30 @@ STATISTICS = (
     "grad_h", "grad_v", "grad_diag",
     "diff_top_bottom", "diff_left_right", "spread_quadrants",
 )
+# Set by the command itself: every reference uses the baseline loss, and finetune alone
+# trains the backbone.
+FIXED_FIELDS = ("loss_type", "finetune")
 
 
 def configure(parser) -> None:
-    from av1_ablation.stage2 import add_config_arguments
-
     parser.add_argument("--models", default=",".join(REFERENCES),
                         help=f"comma-separated reference models (default: {','.join(REFERENCES)})")
-    add_config_arguments(parser, Stage2Config)
+    config_mod.add_config_arguments(parser, Stage2Config, exclude=FIXED_FIELDS)
 
 
 def run(args) -> int:
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Stage2Config)}
-    try:
+    with fails_pending_run():
         names = [n for n in args.models.replace(" ", ",").split(",") if n]
         unknown = [n for n in names if n not in REFERENCES]
         if unknown or not names:
             raise UserError(f"models={args.models!r}: unknown {unknown or '(none given)'}; "
                             f"choose from {', '.join(REFERENCES)}")
-        if overrides.get("loss_type") not in (None, "", "baseline"):
-            raise UserError("the reference models use the baseline loss; leave loss_type unset")
-        cfg = config_mod.resolve(Stage2Config, {**overrides, "loss_type": None}, STAGE2_PRESETS)
+        cfg = config_mod.from_args(Stage2Config, args, STAGE2_PRESETS, **dict.fromkeys(FIXED_FIELDS))
         data = load_split_data(cfg, to_stage2)
         data.check_qp_input(cfg.qp_input)
-    except UserError as exc:
-        fail_pending_run(str(exc))
-        raise
     # `mlflow run` made one run for this command: it becomes the parent of the references
-    with tracked_run(kind="references", run_name="references", tags=data.tags()) as parent:
-        log_new_params({"models": ",".join(names), **config_mod.to_params(cfg)})
+    with tracked_run(kind=KIND_REFERENCES, run_name=REFERENCES_RUN_NAME, tags=data.tags()) as parent:
+        log_new_params({MODELS_PARAM: ",".join(names), **config_mod.to_params(cfg)})
         for name in dict.fromkeys(names):
             run_id = train_reference(name, cfg, data, parent_id=parent.info.run_id)
             print(f"reference {name}: run {run_id}")
@@ -79,35 +78,30 @@ def run(args) -> int:
 
 def train_reference(name: str, cfg: Stage2Config, data, *, parent_id: str | None = None) -> str:
     """Train and record one reference model; returns its run id."""
-    tags = {REFERENCE_TAG: name, **({"mlflow.parentRunId": parent_id} if parent_id else {})}
-    run_name = f"reference-{name}-seed{cfg.seed}"
+    tags = {REFERENCE_TAG: name, **({PARENT_RUN_TAG: parent_id} if parent_id else {})}
+    run_name = reference_run_name(name, cfg.seed)
     if name == "finetune":
         from mlflow.tracking import MlflowClient
 
-        from av1_ablation.stage2 import train_stage2
-        from av1_ablation.tracking import experiment_id
-
         run_id = MlflowClient().create_run(experiment_id(), run_name=run_name, tags=tags).info.run_id
-        return train_stage2(dataclasses.replace(cfg, finetune=True), run_id=run_id, run_name=run_name,
-                            data=data, kind=KIND, extra_tags=tags)
-    with tracked_run(kind=KIND, run_name=run_name, tags={**data.tags(), **environment_tags("cpu"), **tags},
-                     nested=True) as run:
-        log_new_params({"loss_type": "baseline", "seed": str(cfg.seed), **config_mod.to_params(cfg),
-                        **data.params()})
+        return train_stage2(dataclasses.replace(cfg, finetune=True), run_id=run_id, data=data,
+                            labels=RunLabels(kind=KIND_REFERENCE, name=run_name, tags=tags))
+    with tracked_run(kind=KIND_REFERENCE, run_name=run_name,
+                     tags={**data.tags(), **environment_tags("cpu"), **tags}, nested=True) as run:
+        log_new_params({LOSS_TYPE_PARAM: "baseline", SEED_PARAM: str(cfg.seed),
+                        **config_mod.to_params(cfg), **data.params()})
         log_dataset_input(data)
         t0 = time.perf_counter()
         predict = fit_prior(data, cfg.qp_input) if name == "prior" else fit_gbm(data, cfg)
-        final = {"train_seconds": time.perf_counter() - t0}
-        from av1_ablation.stage2 import log_evaluation
-
-        for split_name, prefix in (("val", "best_val_"), ("test", "test_")):
+        final = {TRAIN_SECONDS: time.perf_counter() - t0}
+        for split_name, prefix in (("val", BEST_VAL), ("test", TEST)):
             if len(data.index[split_name]):
                 final.update(log_evaluation(data, split_name, prefix, data.targets[split_name],
                                             predict(split_name), title=f"{name}, {split_name}"))
         mlflow.log_metrics(final)
-        print(f"reference {name}: val macro-F1 {final['best_val_macro_f1']:.4f}"
-              + (f", test macro-F1 {final['test_macro_f1']:.4f} (AB {final['test_f1_ab']:.4f})"
-                 if "test_macro_f1" in final else ""))
+        print(f"reference {name}: val macro-F1 {final[BEST_VAL + MACRO_F1]:.4f}"
+              + (f", test macro-F1 {final[TEST + MACRO_F1]:.4f} (AB {final[TEST_F1_AB]:.4f})"
+                 if TEST + MACRO_F1 in final else ""))
         return run.info.run_id
 
 
@@ -174,7 +168,7 @@ def fit_gbm(data, cfg: Stage2Config):
                                            early_stopping=True, validation_fraction=0.1,
                                            random_state=cfg.seed)
     model.fit(_features(data, "train", cfg.qp_input), data.targets["train"])
-    mlflow.log_metric("gbm_iterations", model.n_iter_)
+    mlflow.log_metric(GBM_ITERATIONS, model.n_iter_)
 
     def predict(split_name):
         return model.predict_proba(_features(data, split_name, cfg.qp_input))

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 
 from av1_ablation.errors import UserError
+from av1_ablation.record.contract import (DATASET_FINGERPRINT_TAG, DATASET_PATH_TAG, SPLIT_FINGERPRINT_TAG,
+                                          SPLIT_NOTE_TAG, split_size_param)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -29,20 +31,20 @@ class SplitData:
 
     def fingerprints(self) -> dict[str, str]:
         """The tags that identify the data a run saw."""
-        return {"av1.dataset_fingerprint": self.store.fingerprint,
-                "av1.split_fingerprint": self.split.fingerprint}
+        return {DATASET_FINGERPRINT_TAG: self.store.fingerprint,
+                SPLIT_FINGERPRINT_TAG: self.split.fingerprint}
 
     def tags(self) -> dict[str, str]:
-        return {**self.fingerprints(), "av1.dataset_path": str(self.store.path),
-                **({"av1.split_note": self.split.note} if self.split.note else {})}
+        return {**self.fingerprints(), DATASET_PATH_TAG: str(self.store.path),
+                **({SPLIT_NOTE_TAG: self.split.note} if self.split.note else {})}
 
     def params(self) -> dict[str, str]:
         """The split sizes, as run params."""
-        return {f"data.n_{name}": str(len(idx)) for name, idx in self.index.items()}
+        return {split_size_param(name): str(len(idx)) for name, idx in self.index.items()}
 
     def on_device(self, device) -> dict:
-        """Split name -> :class:`~av1_ablation.tensors.DeviceBlocks` of this stage's blocks."""
-        from av1_ablation.tensors import DeviceBlocks
+        """Split name -> :class:`~av1_ablation.training.tensors.DeviceBlocks` of this stage's blocks."""
+        from av1_ablation.training.tensors import DeviceBlocks
 
         return {k: DeviceBlocks(self.store.blocks[idx], self.targets[k], device,
                                 qindex=self.store.qindex[idx])

@@ -1,11 +1,9 @@
 """Finding the Stage-2 training runs of an ablation in MLflow and checking they compare.
 
-A Stage-2 training run carries the tag ``av1.kind = stage2``, the params
-``loss_type`` and ``seed``, its resolved configuration as ``cfg.<field>``
-params, the final ``test_*`` metrics, the ``val_macro_f1`` history (step =
-epoch) and the artifact ``predictions/test.csv`` with the columns of
-:data:`PREDICTION_COLUMNS`. Children of an ablation parent (``av1.kind =
-ablation``) carry ``mlflow.parentRunId``.
+What a Stage-2 training run carries is the contract of
+:mod:`av1_ablation.record.contract`; this module reads the ``loss_type`` and
+``seed`` params, the ``cfg.*`` params, the final metrics, the ``val_macro_f1``
+history (step = epoch) and ``predictions/test.csv``.
 
 Runs compare when they differ only in ``loss_type`` and ``seed``. The
 ``cfg.*`` fields in :data:`NON_EXPERIMENTAL_PARAMS` are ignored because they
@@ -25,15 +23,15 @@ import numpy as np
 import pandas as pd
 
 from av1_ablation.errors import UserError
-from av1_ablation.run_artifacts import PREDICTION_COLUMNS
+from av1_ablation.record.artifacts import read_predictions
+from av1_ablation.record.contract import (BLOCK_INDEX, CFG_PREFIX, CHILDREN_TAG, COMPARABILITY_TAGS,
+                                          KIND_ABLATION, KIND_STAGE2, LOSS_TYPE_PARAM, SEED_PARAM,
+                                          STAGE2_SCORE, TEST_PREDICTIONS, cfg_param, children_clause,
+                                          kind_clause)
 
-PREDICTIONS_ARTIFACT = "predictions/test.csv"
 # The ablation's own variables, and fields that do not change what is learned.
 # cfg.data is a local path; the data set itself is compared by its fingerprint tag.
-NON_EXPERIMENTAL_PARAMS = frozenset({
-    "cfg.loss_type", "cfg.seed", "cfg.device", "cfg.eval_batch_size", "cfg.data",
-})
-COMPARABILITY_TAGS = ("av1.dataset_fingerprint", "av1.split_fingerprint", "av1.stage1_run_id")
+NON_EXPERIMENTAL_PARAMS = frozenset(map(cfg_param, ("loss_type", "seed", "device", "eval_batch_size", "data")))
 FINISHED = "FINISHED"
 
 
@@ -54,7 +52,7 @@ class RunRecord:
     def identity(self) -> dict[str, str]:
         """Everything that must match between comparable runs (params + tags)."""
         out = {k: v for k, v in self.params.items()
-               if k.startswith("cfg.") and k not in NON_EXPERIMENTAL_PARAMS}
+               if k.startswith(CFG_PREFIX) and k not in NON_EXPERIMENTAL_PARAMS}
         out.update({f"tags.{t}": self.tags.get(t, "<missing>") for t in COMPARABILITY_TAGS})
         return out
 
@@ -133,25 +131,15 @@ def _search(client, exp_id: str, filter_string: str):
                               order_by=["attributes.start_time DESC"])
 
 
-def _read_predictions(client, run_id: str, dst: Path) -> pd.DataFrame | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        local = client.download_artifacts(run_id, PREDICTIONS_ARTIFACT, str(dst))
-    except (MlflowException, OSError):
-        return None
-    frame = pd.read_csv(local)
-    missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
-    if missing:
-        raise UserError(f"run {run_id}: {PREDICTIONS_ARTIFACT} lacks the columns {missing}; "
-                        "re-run its evaluation with the current training code")
-    return frame.sort_values("block_index", kind="stable").reset_index(drop=True)
+def read_test_predictions(client, run_id: str, dst: Path) -> pd.DataFrame | None:
+    """A run's test predictions, sorted by block index; None when it has none."""
+    return read_predictions(client, run_id, "test", dst)
 
 
 def _reused_children(client, parent: str, found: set[str]) -> list:
     """Children an ablation re-used from an earlier invocation instead of retraining them
     (listed in the parent's ``av1.children`` tag, nested under the earlier parent)."""
-    listed = client.get_run(parent).data.tags.get("av1.children", "")
+    listed = client.get_run(parent).data.tags.get(CHILDREN_TAG, "")
     return [client.get_run(rid) for rid in listed.split(",") if rid and rid not in found]
 
 
@@ -184,74 +172,100 @@ def load_runs(*, parent: str | None = None, experiment: str | None = None,
         Unreachable store, unknown experiment or parent, no runs, or a run
         without its prediction artifact.
     """
-    from mlflow.exceptions import MlflowException
-
     client = _client()
-    if parent:
-        try:
-            parent_run = client.get_run(parent)
-        except MlflowException:
-            raise UserError(f"no run with id {parent!r} in {client.tracking_uri}; pass the run id of "
-                            "an ablation parent (see `mlflow ui` or tags.av1.kind = 'ablation')") from None
-        exp_id = parent_run.info.experiment_id
-        description = f"children of ablation run {parent}"
-    else:
-        exp_id = resolve_experiment(client, experiment)
-        description = f"Stage-2 runs of experiment {exp_id}"
-        if not filter_string:
-            parents = _search(client, exp_id, "tags.`av1.kind` = 'ablation'")
-            if parents:
-                parent = parents[0].info.run_id
-                description = f"children of the newest ablation run {parent} (experiment {exp_id})"
-    clauses = ["tags.`av1.kind` = 'stage2'"]
-    if parent:
-        clauses.append(f"tags.`mlflow.parentRunId` = '{parent}'")
+    exp_id, parent, description = _where(client, parent, experiment, filter_string)
+    runs = _search_arms(client, exp_id, parent, filter_string)
     if filter_string:
-        clauses.append(f"({filter_string})" if " or " in filter_string.lower() else filter_string)
         description += f" matching {filter_string!r}"
-    try:
-        runs = _search(client, exp_id, " and ".join(clauses))
-    except MlflowException as exc:
-        raise UserError(f"MLflow rejected the run filter: {exc.message.splitlines()[0]}; "
-                        "fix --filter (MLflow search syntax, e.g. \"params.cfg.epochs = '20'\")") from None
-    if parent and not filter_string:
-        runs += _reused_children(client, parent, {r.info.run_id for r in runs})
-
-    records, left_out, seen = [], [], set()
-    with tempfile.TemporaryDirectory(prefix="av1-compare-") as tmp:
-        for run in runs:
-            rid, p = run.info.run_id, run.data.params
-            label = {"run_id": rid, "loss_type": p.get("loss_type", "?"), "seed": p.get("seed", "?")}
-            if run.info.status != FINISHED:
-                left_out.append({**label, "reason": f"status {run.info.status}"})
-                continue
-            if "loss_type" not in p or "seed" not in p:
-                left_out.append({**label, "reason": "no loss_type/seed params"})
-                continue
-            key = (p["loss_type"], p["seed"])
-            if key in seen:
-                left_out.append({**label, "reason": "older duplicate of the same loss_type and seed"})
-                continue
-            seen.add(key)
-            record = RunRecord(
-                run_id=rid, run_name=run.info.run_name or rid[:8], loss_type=p["loss_type"],
-                seed=int(float(p["seed"])), params=dict(p), tags=dict(run.data.tags),
-                metrics=dict(run.data.metrics),
-                val_curve=[(m.step, m.value) for m in client.get_metric_history(rid, "val_macro_f1")],
-            )
-            if with_predictions:
-                record.predictions = _read_predictions(client, rid, Path(tmp) / rid)
-                if record.predictions is None:
-                    raise UserError(
-                        f"run {rid} ({record.loss_type}, seed {record.seed}) has no {PREDICTIONS_ARTIFACT} "
-                        "artifact; re-run its evaluation, or leave it out with --filter "
-                        f"\"attributes.run_id != '{rid}'\"")
-            records.append(record)
+    records, left_out = _records(client, runs, with_predictions)
     if not records:
         raise UserError(f"no finished Stage-2 runs found ({description}); run the ablation first "
                         "(`mlflow run . -e ablation`) or point --experiment/--parent/--filter at it")
     records.sort(key=lambda r: (r.loss_type, r.seed))
     return Selection(exp_id, description, records, left_out)
+
+
+def _where(client, parent: str | None, experiment: str | None,
+           filter_string: str | None) -> tuple[str, str | None, str]:
+    """The experiment, the ablation parent (given, or the newest one when neither a parent
+    nor a filter is given) and a description of what is compared."""
+    from mlflow.exceptions import MlflowException
+
+    if parent:
+        try:
+            parent_run = client.get_run(parent)
+        except MlflowException:
+            raise UserError(f"no run with id {parent!r} in {client.tracking_uri}; pass the run id of "
+                            f"an ablation parent (see `mlflow ui` or {kind_clause(KIND_ABLATION)})") from None
+        return parent_run.info.experiment_id, parent, f"children of ablation run {parent}"
+    exp_id = resolve_experiment(client, experiment)
+    if not filter_string:
+        parents = _search(client, exp_id, kind_clause(KIND_ABLATION))
+        if parents:
+            parent = parents[0].info.run_id
+            return exp_id, parent, f"children of the newest ablation run {parent} (experiment {exp_id})"
+    return exp_id, None, f"Stage-2 runs of experiment {exp_id}"
+
+
+def _search_arms(client, exp_id: str, parent: str | None, filter_string: str | None) -> list:
+    """The Stage-2 runs of ``parent`` (with those it re-used) or of the experiment, newest first."""
+    from mlflow.exceptions import MlflowException
+
+    clauses = [kind_clause(KIND_STAGE2)]
+    if parent:
+        clauses.append(children_clause(parent))
+    if filter_string:
+        clauses.append(f"({filter_string})" if " or " in filter_string.lower() else filter_string)
+    try:
+        runs = _search(client, exp_id, " and ".join(clauses))
+    except MlflowException as exc:
+        raise UserError(f"MLflow rejected the run filter: {exc.message.splitlines()[0]}; fix --filter "
+                        f"(MLflow search syntax, e.g. \"params.{cfg_param('epochs')} = '20'\")") from None
+    if parent and not filter_string:
+        runs += _reused_children(client, parent, {r.info.run_id for r in runs})
+    return runs
+
+
+def _records(client, runs: list, with_predictions: bool) -> tuple[list[RunRecord], list[dict[str, str]]]:
+    """The usable runs as records (the newest of each loss and seed) and the left-out ones."""
+    records, left_out, seen = [], [], set()
+    with tempfile.TemporaryDirectory(prefix="av1-compare-") as tmp:
+        for run in runs:
+            rid, p = run.info.run_id, run.data.params
+            label = {"run_id": rid, "loss_type": p.get(LOSS_TYPE_PARAM, "?"), "seed": p.get(SEED_PARAM, "?")}
+            if run.info.status != FINISHED:
+                left_out.append({**label, "reason": f"status {run.info.status}"})
+                continue
+            if LOSS_TYPE_PARAM not in p or SEED_PARAM not in p:
+                left_out.append({**label, "reason": "no loss_type/seed params"})
+                continue
+            key = (p[LOSS_TYPE_PARAM], p[SEED_PARAM])
+            if key in seen:
+                left_out.append({**label, "reason": "older duplicate of the same loss_type and seed"})
+                continue
+            seen.add(key)
+            records.append(_record(client, run, Path(tmp) / rid if with_predictions else None))
+    return records, left_out
+
+
+def _record(client, run, predictions_dir: Path | None) -> RunRecord:
+    """One run as a record; its test predictions are read into ``predictions_dir`` (None:
+    not read)."""
+    rid, p = run.info.run_id, run.data.params
+    record = RunRecord(
+        run_id=rid, run_name=run.info.run_name or rid[:8], loss_type=p[LOSS_TYPE_PARAM],
+        seed=int(float(p[SEED_PARAM])), params=dict(p), tags=dict(run.data.tags),
+        metrics=dict(run.data.metrics),
+        val_curve=[(m.step, m.value) for m in client.get_metric_history(rid, STAGE2_SCORE)],
+    )
+    if predictions_dir is not None:
+        record.predictions = read_test_predictions(client, rid, predictions_dir)
+        if record.predictions is None:
+            raise UserError(
+                f"run {rid} ({record.loss_type}, seed {record.seed}) has no {TEST_PREDICTIONS} "
+                "artifact; re-run its evaluation, or leave it out with --filter "
+                f"\"attributes.run_id != '{rid}'\"")
+    return record
 
 
 # --------------------------------------------------------------------------- comparability
@@ -282,7 +296,7 @@ def check_comparable(records: list[RunRecord], *, ignore=()) -> None:
                               for v, who in values.items())
             raise UserError(f"runs are not comparable: {key} differs ({shown}); compare runs that differ "
                             f"only in loss_type and seed, or pass --group-by {key}")
-    blocks = [r.predictions["block_index"].to_numpy() for r in records if r.predictions is not None]
+    blocks = [r.predictions[BLOCK_INDEX].to_numpy() for r in records if r.predictions is not None]
     for record, b in zip(records, blocks):
         if not np.array_equal(b, blocks[0]):
             raise UserError(f"run {record.run_id} ({record.loss_type}, seed {record.seed}) was evaluated on "

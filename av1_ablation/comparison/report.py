@@ -25,26 +25,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from av1_ablation.comparison.runs import RunRecord
+from av1_ablation.comparison.statistics import (BootstrapResult, FriedmanResult, PairedSeedResult,
+                                                SeedTestResult, across_seed_tests, friedman_test, holm,
+                                                mcnemar_test, paired_bootstrap, paired_seed_tests,
+                                                seeds_for_power)
+from av1_ablation.dataset.partitions import STAGE2_NAMES
 from av1_ablation.errors import UserError
-from av1_ablation.metrics import CLASS_KEYS, calibration_metrics, classification_metrics
-from av1_ablation.partitions import STAGE2_NAMES
-from av1_ablation.runs import RunRecord
-from av1_ablation.statistics import (
-    BootstrapResult,
-    FriedmanResult,
-    PairedSeedResult,
-    SeedTestResult,
-    across_seed_tests,
-    friedman_test,
-    holm,
-    mcnemar_test,
-    paired_bootstrap,
-    paired_seed_tests,
-    seeds_for_power,
-)
+from av1_ablation.record.contract import (ACCURACY, BEST_EPOCH, BEST_VAL_MACRO_F1, BRIER, CLASS_KEYS, CLUSTER,
+                                          ECE, EPOCHS_RUN, F1, MACRO_PRECISION, MACRO_RECALL, NLL,
+                                          PROBA_COLUMNS, TEST, TEST_F1_AB, TEST_MACRO_F1, THROUGHPUT,
+                                          TRAINABLE_PARAMS, TRAIN_SECONDS, Y_PRED, Y_TRUE, per_class)
+from av1_ablation.record.metrics import calibration_metrics, classification_metrics
 
-PRIMARY_METRIC = "test_macro_f1"
-SELECTION_METRIC = "best_val_macro_f1"
+PRIMARY_METRIC = TEST_MACRO_F1
+SELECTION_METRIC = BEST_VAL_MACRO_F1
 PRIMARY_TESTS = ("paired_t", "sign_flip", "wilcoxon", "welch", "mannwhitney")
 RESAMPLE_UNITS = ("clusters", "blocks")
 # The seed protocol's thresholds, in percentage points of macro-F1 over the reference.
@@ -56,8 +51,8 @@ EQUIVALENCE_PP = FAILURE_PP
 VERDICT_MIN_SEEDS = 3
 TIE_PP = 0.01  # validation means closer than this (the printed precision) are a tie
 POWER = 0.8
-TRAINING_METRICS = ("best_epoch", "epochs_run", "trainable_params", "train_seconds", "train_blocks_per_s")
-CALIBRATION_METRICS = ("test_ece", "test_nll", "test_brier")
+TRAINING_METRICS = (BEST_EPOCH, EPOCHS_RUN, TRAINABLE_PARAMS, TRAIN_SECONDS, THROUGHPUT)
+CALIBRATION_METRICS = (TEST + ECE, TEST + NLL, TEST + BRIER)
 
 
 @dataclass
@@ -143,9 +138,8 @@ def _per_seed_frame(records: list[RunRecord]) -> pd.DataFrame:
         pred = r.predictions
         derived = {}
         if pred is not None:
-            derived = classification_metrics(pred["y_true"], pred["y_pred"], prefix="test_")
-            derived.update(calibration_metrics(pred["y_true"], pred[["p_split", "p_rect", "p_ab"]],
-                                               prefix="test_"))
+            derived = classification_metrics(pred[Y_TRUE], pred[Y_PRED], prefix=TEST)
+            derived.update(calibration_metrics(pred[Y_TRUE], pred[list(PROBA_COLUMNS)], prefix=TEST))
         for key in (*derived, SELECTION_METRIC, *TRAINING_METRICS):
             row[key] = r.metrics.get(key, derived.get(key, np.nan))
         rows.append(row)
@@ -172,16 +166,16 @@ def _resample_units(records: list[RunRecord], resample: str) -> tuple[np.ndarray
     blocks = "test blocks resampled one by one, as if independent (this understates the variance)"
     if resample == "blocks":
         return None, "blocks", f"{blocks}, as asked (--resample blocks); no pooled test across seeds"
-    lacking = [r for r in records if "cluster" not in r.predictions.columns
-               or r.predictions["cluster"].isna().any()]
+    lacking = [r for r in records if CLUSTER not in r.predictions.columns
+               or r.predictions[CLUSTER].isna().any()]
     if lacking:
         names = ", ".join(f"{r.loss_type}/seed {r.seed}" for r in lacking[:3])
         return None, "blocks", (f"{len(lacking)} run(s) ({names}{' ...' if len(lacking) > 3 else ''}) "
                                 f"have predictions without a cluster column (written before clusters were "
                                 f"recorded): {blocks}; no pooled test across seeds")
-    clusters = records[0].predictions["cluster"].to_numpy()
+    clusters = records[0].predictions[CLUSTER].to_numpy()
     for r in records:
-        if not np.array_equal(r.predictions["cluster"].to_numpy(), clusters):
+        if not np.array_equal(r.predictions[CLUSTER].to_numpy(), clusters):
             raise UserError(f"run {r.run_id} ({r.loss_type}, seed {r.seed}) puts the same test blocks in "
                             "other clusters than the rest; compare runs of the same data set")
     n = len(np.unique(clusters))
@@ -225,8 +219,8 @@ def _arm_tests(arm: str, x: _Inputs) -> ArmTests:
     shared = sorted(set(s_arm.index) & set(s_ref.index))
     paired = paired_seed_tests(s_arm[shared].to_numpy(), s_ref[shared].to_numpy(), min_seeds=x.min_seeds,
                                margin=EQUIVALENCE_PP / 100)
-    runs = {r.seed: r.predictions["y_pred"].to_numpy() for r in x.by_arm[arm]}
-    ref_runs = {r.seed: r.predictions["y_pred"].to_numpy() for r in x.by_arm[x.reference]}
+    runs = {r.seed: r.predictions[Y_PRED].to_numpy() for r in x.by_arm[arm]}
+    ref_runs = {r.seed: r.predictions[Y_PRED].to_numpy() for r in x.by_arm[x.reference]}
     boot = dict(clusters=x.clusters, n_resamples=x.n_resamples, random_state=x.random_state)
     per = [{"seed": s, "mcnemar": mcnemar_test(x.y_true, runs[s], ref_runs[s]),
             "bootstrap": paired_bootstrap(x.y_true, runs[s], ref_runs[s], **boot)} for s in shared]
@@ -236,7 +230,7 @@ def _arm_tests(arm: str, x: _Inputs) -> ArmTests:
     if x.clusters is not None and shared:
         pooled = paired_bootstrap(x.y_true, np.vstack([runs[s] for s in shared]),
                                   np.vstack([ref_runs[s] for s in shared]), **boot)
-    ab = x.per_seed.loc[x.per_seed.loss_type == arm, "test_f1_ab"].mean()
+    ab = x.per_seed.loc[x.per_seed.loss_type == arm, TEST_F1_AB].mean()
     delta = paired.mean_diff if shared else s_arm.mean() - s_ref.mean()
     return ArmTests(paired=paired, seeds=across_seed_tests(s_arm, s_ref, min_seeds=x.min_seeds),
                     bootstrap_pooled=pooled, shared_seeds=shared, per_seed=per,
@@ -292,7 +286,7 @@ def summarise(records: list[RunRecord], *, reference: str = "baseline", group: s
     Parameters
     ----------
     records : list of RunRecord
-        Comparable runs (see :func:`av1_ablation.runs.check_comparable`) with
+        Comparable runs (see :func:`av1_ablation.comparison.runs.check_comparable`) with
         test predictions on the same blocks.
     reference : str, default="baseline"
         The ``loss_type`` every other arm is compared with.
@@ -334,7 +328,7 @@ def summarise(records: list[RunRecord], *, reference: str = "baseline", group: s
     others = sorted((a for a in by_arm if a != reference), key=lambda a: (-np.nan_to_num(val[a], nan=-1), a))
     arms = [reference, *others]
     clusters, unit, unit_note = _resample_units(records, resample)
-    x = _Inputs(reference, by_arm, per_seed, records[0].predictions["y_true"].to_numpy(), clusters,
+    x = _Inputs(reference, by_arm, per_seed, records[0].predictions[Y_TRUE].to_numpy(), clusters,
                 min_seeds, n_resamples, random_state)
     tests = {arm: _arm_tests(arm, x) for arm in others}
     family = _apply_holm(tests, others, alpha)
@@ -527,12 +521,12 @@ def _unit_label(c: Comparison) -> str:
 
 def _overall_row(c: Comparison, a: str, d: pd.DataFrame) -> dict:
     t = c.tests.get(a)
-    return {"loss": a, "seeds": len(d), "test macro-F1": _pm(d["test_macro_f1"]),
+    return {"loss": a, "seeds": len(d), "test macro-F1": _pm(d[TEST_MACRO_F1]),
             "val macro-F1": _pm(d[SELECTION_METRIC]),
             "Δ vs ref, paired (pp)": "reference" if t is None else _pp(t.paired.mean_diff),
             "95% CI over seeds (pp)": "" if t is None else _ci(t.paired.ci_low, t.paired.ci_high),
-            "macro precision": _pm(d["test_macro_precision"]), "macro recall": _pm(d["test_macro_recall"]),
-            "accuracy": _pm(d["test_accuracy"])}
+            "macro precision": _pm(d[TEST + MACRO_PRECISION]), "macro recall": _pm(d[TEST + MACRO_RECALL]),
+            "accuracy": _pm(d[TEST + ACCURACY])}
 
 
 def _paired_row(c: Comparison, a: str) -> dict:
@@ -569,12 +563,12 @@ def tables(c: Comparison) -> dict[str, pd.DataFrame]:
     for a in c.arms:
         d = c.per_seed[c.per_seed.loss_type == a]
         t1.append(_overall_row(c, a, d))
-        t2.append({"loss": a, **{name: _pm(d[f"test_f1_{k}"]) for name, k in zip(STAGE2_NAMES, CLASS_KEYS)}})
-        t3.append({"loss": a, "best epoch": _pm(d["best_epoch"], 1, 1), "epochs run": _pm(d["epochs_run"], 1, 1),
-                   "trainable params": _pm(d["trainable_params"], 1, 0),
-                   "wall time (s)": _pm(d["train_seconds"], 1, 1), "blocks/s": _pm(d["train_blocks_per_s"], 1, 0)})
-        t4.append({"loss": a, "ECE (%)": _pm(d["test_ece"]), "NLL": _pm(d["test_nll"], 1, 4),
-                   "Brier": _pm(d["test_brier"], 1, 4)})
+        t2.append({"loss": a, **{name: _pm(d[TEST + per_class(F1, k)]) for name, k in zip(STAGE2_NAMES, CLASS_KEYS)}})
+        t3.append({"loss": a, "best epoch": _pm(d[BEST_EPOCH], 1, 1), "epochs run": _pm(d[EPOCHS_RUN], 1, 1),
+                   "trainable params": _pm(d[TRAINABLE_PARAMS], 1, 0),
+                   "wall time (s)": _pm(d[TRAIN_SECONDS], 1, 1), "blocks/s": _pm(d[THROUGHPUT], 1, 0)})
+        t4.append({"loss": a, "ECE (%)": _pm(d[TEST + ECE]), "NLL": _pm(d[TEST + NLL], 1, 4),
+                   "Brier": _pm(d[TEST + BRIER], 1, 4)})
         if a not in c.tests:
             continue
         t5.append(_paired_row(c, a))

@@ -28,44 +28,44 @@ import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
-from av1_ablation import config as config_mod
-from av1_ablation.config import STAGE2_PRESETS, Stage2Config
+from av1_ablation.dataset.partitions import to_stage2
 from av1_ablation.errors import UserError
-from av1_ablation.experiment import load_split_data
 from av1_ablation.losses import LOSS_TYPES
-from av1_ablation.partitions import to_stage2
-from av1_ablation.threads import default_threads
-from av1_ablation.tracking import (KIND_TAG, experiment_id, fail_pending_run, finished_runs,
-                                   log_new_params, tracked_run)
+from av1_ablation.record.contract import (ABLATION_RUN_NAME, BEST_LOSS_TAG, BEST_RUN_TAG, CHILDREN_TAG,
+                                          FAILED_CHILDREN_TAG, JOBS_PARAM, KIND_ABLATION, KIND_STAGE2,
+                                          KIND_TAG, LOSSES_PARAM, PARENT_RUN_TAG, REUSED_CHILDREN_TAG,
+                                          SEEDS_PARAM, STAGE1_RUN_TAG, TEST_MACRO_F1, ablation_mean_metric,
+                                          arm_run_name, cfg_param)
+from av1_ablation.training import config as config_mod
+from av1_ablation.training.config import STAGE2_PRESETS, Stage2Config
+from av1_ablation.training.data import load_split_data
+from av1_ablation.training.lifecycle import (experiment_id, fails_pending_run, finished_runs, log_new_params,
+                                             tracked_run)
+from av1_ablation.training.stage1 import resolve_stage1
+from av1_ablation.training.stage2 import train_stage2
+from av1_ablation.training.threads import default_threads
 
-CHILDREN_TAG = "av1.children"
 # workers import the same code as this process, installed or not
-PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
-PARENT_TAG = "mlflow.parentRunId"
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+# The ablation's own variables: every child gets one pair (--losses x --seeds).
+ARM_FIELDS = ("loss_type", "seed")
 
 
 def configure(parser) -> None:
-    from av1_ablation.stage2 import add_config_arguments
-
     parser.add_argument("--losses", default=",".join(LOSS_TYPES),
                         help="comma-separated loss types (default: all five)")
     parser.add_argument("--seeds", default="42,43,44", help="comma-separated seeds (default: 42,43,44)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="children trained at once (default 1; one per GPU where there are GPUs)")
-    add_config_arguments(parser, Stage2Config)
+    config_mod.add_config_arguments(parser, Stage2Config, exclude=ARM_FIELDS)
 
 
 def run(args) -> int:
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Stage2Config)}
-    try:
+    with fails_pending_run():
         losses, seeds = parse_arms(args.losses, args.seeds)
         if args.jobs < 1:
             raise UserError(f"jobs={args.jobs} must be >= 1")
-        base = config_mod.resolve(Stage2Config, {**overrides, "loss_type": None, "seed": None},
-                                  STAGE2_PRESETS)
-    except UserError as exc:
-        fail_pending_run(str(exc))
-        raise
+        base = config_mod.from_args(Stage2Config, args, STAGE2_PRESETS, **dict.fromkeys(ARM_FIELDS))
     parent_id, failed = run_ablation(base, losses, seeds, jobs=args.jobs,
                                      threads=getattr(args, "threads", None))
     print(f"ablation run {parent_id}: {len(losses) * len(seeds) - len(failed)} children finished"
@@ -94,16 +94,14 @@ def run_ablation(base: Stage2Config, losses: list[str], seeds: list[int], *, job
 
     ``threads``: CPU threads of each child trained in a process of its own (default: the
     cores divided by ``jobs``)."""
-    from av1_ablation.stage1 import resolve_stage1
-
     data = load_split_data(base, to_stage2)
     data.check_qp_input(base.qp_input)
-    with tracked_run(kind="ablation", run_name="ablation", tags=data.tags()) as parent:
-        log_new_params({"losses": ",".join(losses), "seeds": ",".join(map(str, seeds)),
-                        "jobs": str(jobs), **config_mod.to_params(base)})
+    with tracked_run(kind=KIND_ABLATION, run_name=ABLATION_RUN_NAME, tags=data.tags()) as parent:
+        log_new_params({LOSSES_PARAM: ",".join(losses), SEEDS_PARAM: ",".join(map(str, seeds)),
+                        JOBS_PARAM: str(jobs), **config_mod.to_params(base)})
         stage1 = resolve_stage1(base.stage1, data=data, width=base.width, device=base.device,
                                 preset=base.preset, qp_input=base.qp_input)
-        mlflow.set_tag("av1.stage1_run_id", stage1.run_id or "")
+        mlflow.set_tag(STAGE1_RUN_TAG, stage1.run_id or "")
         arms = [dataclasses.replace(base, loss_type=loss, seed=seed,
                                     stage1=stage1.run_id or stage1.source)
                 for loss in losses for seed in seeds]
@@ -111,25 +109,25 @@ def run_ablation(base: Stage2Config, losses: list[str], seeds: list[int], *, job
         todo = [cfg for i, cfg in enumerate(arms) if i not in done]
         print(f"ablation: {len(arms)} children, {len(done)} already finished, {len(todo)} to train")
         child_ids = {cfg: MlflowClient().create_run(
-            experiment_id(), run_name=f"{cfg.loss_type}-seed{cfg.seed}",
-            tags={PARENT_TAG: parent.info.run_id, KIND_TAG: "stage2"}).info.run_id for cfg in todo}
+            experiment_id(), run_name=arm_run_name(cfg.loss_type, cfg.seed),
+            tags={PARENT_RUN_TAG: parent.info.run_id, KIND_TAG: KIND_STAGE2}).info.run_id for cfg in todo}
         mlflow.set_tags({CHILDREN_TAG: ",".join([*done.values(), *child_ids.values()]),
-                         "av1.reused_children": ",".join(done.values())})
+                         REUSED_CHILDREN_TAG: ",".join(done.values())})
         if jobs == 1:
             failed = [name for cfg, rid in child_ids.items() if (name := _train_in_process(cfg, rid, data))]
         else:
             failed = _train_in_subprocesses(child_ids, jobs, threads or default_threads(jobs))
-        summarise(parent.info.run_id, [*done.values(), *child_ids.values()])
+        log_parent_summary([*done.values(), *child_ids.values()])
         if failed:
-            mlflow.set_tag("av1.failed_children", ",".join(failed))
+            mlflow.set_tag(FAILED_CHILDREN_TAG, ",".join(failed))
         return parent.info.run_id, failed
 
 
 def finished_twin(cfg: Stage2Config, data) -> str | None:
     """A FINISHED Stage-2 run of this experiment with exactly these parameters and data."""
     wanted = config_mod.to_params(cfg)
-    runs = finished_runs("stage2", tags=data.fingerprints(),
-                         params={k: wanted[k] for k in ("cfg.loss_type", "cfg.seed")})
+    runs = finished_runs(KIND_STAGE2, tags=data.fingerprints(),
+                         params={k: wanted[k] for k in map(cfg_param, ARM_FIELDS)})
     for run in runs:
         if all(run.data.params.get(k) == v for k, v in wanted.items()):
             return run.info.run_id
@@ -137,23 +135,19 @@ def finished_twin(cfg: Stage2Config, data) -> str | None:
 
 
 def _train_in_process(cfg: Stage2Config, run_id: str, data) -> str | None:
-    from av1_ablation.stage2 import train_stage2
-
+    name = arm_run_name(cfg.loss_type, cfg.seed)
     try:
-        train_stage2(cfg, run_id=run_id, run_name=f"{cfg.loss_type}-seed{cfg.seed}",
-                     stage1_run_id=cfg.stage1, data=data)
+        train_stage2(cfg, run_id=run_id, stage1_run_id=cfg.stage1, data=data)
     except Exception as exc:  # the child is already marked FAILED with the reason
-        print(f"child {cfg.loss_type}-seed{cfg.seed} failed: {exc}", file=sys.stderr)
-        return f"{cfg.loss_type}-seed{cfg.seed}"
+        print(f"child {name} failed: {exc}", file=sys.stderr)
+        return name
     return None
 
 
 def child_command(cfg: Stage2Config, threads: int) -> list[str]:
     """The ``train`` command line of one child trained in a process of its own."""
     args = [sys.executable, "-m", "av1_ablation", "train", "--threads", str(threads)]
-    for key, value in config_mod.to_params(cfg).items():
-        args += ["--" + key[len("cfg."):].replace("_", "-"), value]
-    return args
+    return args + config_mod.to_arguments(cfg)
 
 
 def _train_in_subprocesses(child_ids: dict, jobs: int, threads: int) -> list[str]:
@@ -168,7 +162,7 @@ def _train_in_subprocesses(child_ids: dict, jobs: int, threads: int) -> list[str
         ok = subprocess.run(args, env=env).returncode == 0
         if not ok and MlflowClient().get_run(run_id).info.status == "RUNNING":
             MlflowClient().set_terminated(run_id, "FAILED")
-        return None if ok else f"{cfg.loss_type}-seed{cfg.seed}"
+        return None if ok else arm_run_name(cfg.loss_type, cfg.seed)
 
     with tracking_server_for_workers():
         with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -217,19 +211,19 @@ def tracking_server_for_workers():
         server.wait(timeout=30)
 
 
-def summarise(parent_id: str, child_ids: list[str]) -> None:
-    """Log each loss's mean test macro-F1 on the parent and tag the best child run."""
+def log_parent_summary(child_ids: list[str]) -> None:
+    """Log each loss's mean test macro-F1 on the parent (the active run) and tag the best
+    child run."""
     client = MlflowClient()
     by_loss: dict[str, list[tuple[float, str]]] = {}
     for rid in child_ids:
         run = client.get_run(rid)
-        if run.info.status == "FINISHED" and "test_macro_f1" in run.data.metrics:
-            by_loss.setdefault(run.data.params["cfg.loss_type"], []).append(
-                (run.data.metrics["test_macro_f1"], rid))
+        if run.info.status == "FINISHED" and TEST_MACRO_F1 in run.data.metrics:
+            by_loss.setdefault(run.data.params[cfg_param("loss_type")], []).append(
+                (run.data.metrics[TEST_MACRO_F1], rid))
     if not by_loss:
         return
     means = {loss: float(np.mean([s for s, _ in v])) for loss, v in by_loss.items()}
-    mlflow.log_metrics({f"mean_test_macro_f1.{loss}": m for loss, m in means.items()})
+    mlflow.log_metrics({ablation_mean_metric(loss): m for loss, m in means.items()})
     best_loss = max(means, key=means.get)
-    mlflow.set_tags({"av1.best_loss": best_loss,
-                     "best_run": max(by_loss[best_loss])[1]})
+    mlflow.set_tags({BEST_LOSS_TAG: best_loss, BEST_RUN_TAG: max(by_loss[best_loss])[1]})

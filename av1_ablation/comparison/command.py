@@ -5,7 +5,7 @@ Example::
     mlflow run . -e compare                      # the newest ablation in the experiment
     python -m av1_ablation compare --parent <ablation run id> --reference baseline --out compare_output
 
-Reads the finished Stage-2 runs (see :mod:`av1_ablation.runs`), checks that
+Reads the finished Stage-2 runs (see :mod:`av1_ablation.comparison.runs`), checks that
 they differ only in ``loss_type`` and ``seed``, prints the tables and the
 verdict, writes ``report.md``, ``summary.csv``, ``summary.json`` and
 ``figures/*.png`` to ``--out`` (built in a temporary folder, then renamed, so
@@ -21,11 +21,28 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from av1_ablation.atomic import atomic_directory
+from av1_ablation.comparison.report import (PRIMARY_TESTS, RESAMPLE_UNITS, Comparison, md_table as _md,
+                                            render_markdown, render_text, summarise, tables)
+from av1_ablation.comparison.runs import Selection, check_comparable, group_records, load_runs
+from av1_ablation.dataset.atomic import atomic_directory
 from av1_ablation.errors import UserError
-from av1_ablation.report import (PRIMARY_TESTS, RESAMPLE_UNITS, Comparison, md_table as _md,
-                                 render_markdown, render_text, summarise, tables)
-from av1_ablation.runs import Selection, check_comparable, group_records, load_runs
+from av1_ablation.record.contract import (CFG_PREFIX, COMPARED_RUNS_TAG, COMPARE_RUN_NAME, KIND_COMPARE,
+                                          KIND_TAG, VERDICT_TAG, WINNER_TAG, cfg_param, compare_delta_metric)
+from av1_ablation.record.experiment import mark_model_training
+
+
+def _param_list(text: str) -> list[str]:
+    """``--ignore-param`` values: one param or several, comma-separated ("" is none)."""
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _flag(text: str) -> bool:
+    """A flag's optional value: ``--no-log`` alone is true; ``true``/``false`` (or "", false)
+    is what ``mlflow run`` passes."""
+    value = text.strip().lower()
+    if value not in ("", "true", "false"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    return value == "true"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -33,12 +50,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", help="experiment name (default: MLFLOW_EXPERIMENT_ID, "
                         "then MLFLOW_EXPERIMENT_NAME, then Default)")
     parser.add_argument("--filter", dest="filter_string",
-                        help="extra MLflow filter, e.g. \"params.cfg.epochs = '20'\"")
+                        help=f"extra MLflow filter, e.g. \"params.{cfg_param('epochs')} = '20'\"")
     parser.add_argument("--reference", default="baseline", help="loss_type every arm is compared with")
-    parser.add_argument("--group-by", help="compare within each value of this param (e.g. cfg.epochs) "
-                        "or tag (tags.<name>) instead of refusing runs that differ in it")
-    parser.add_argument("--ignore-param", action="append", default=[], metavar="PARAM",
-                        help="another cfg.* param that may differ between arms (repeatable)")
+    parser.add_argument("--group-by", help=f"compare within each value of this param (e.g. "
+                        f"{cfg_param('epochs')}) or tag (tags.<name>) instead of refusing runs that "
+                        "differ in it")
+    parser.add_argument("--ignore-param", action="extend", type=_param_list, default=[], metavar="PARAM",
+                        help=f"another {CFG_PREFIX}* param that may differ between arms (repeatable, "
+                             "or comma-separated)")
     parser.add_argument("--out", default="compare_output", help="output folder (replaced)")
     parser.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate for Holm")
     parser.add_argument("--min-seeds", type=int, default=3,
@@ -53,7 +72,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resample", default="clusters", choices=RESAMPLE_UNITS,
                         help="unit of the test-side paired bootstrap: test pictures (clusters, default) "
                              "or single blocks, as if independent")
-    parser.add_argument("--no-log", action="store_true", help="do not log a compare run to MLflow")
+    parser.add_argument("--no-log", nargs="?", const=True, default=False, type=_flag, metavar="BOOL",
+                        help="do not log a compare run to MLflow (--no-log alone, or --no-log true)")
 
 
 def _check_args(args) -> None:
@@ -90,7 +110,7 @@ class Context:
 
 
 def build_context(c: Comparison, args) -> Context:
-    from av1_ablation.context import context_sentence, context_table, load_references
+    from av1_ablation.comparison.context import context_sentence, context_table, load_references
 
     references = load_references([r for runs in c.records.values() for r in runs])
     table = context_table(c.records, references, n_resamples=max(100, args.n_resamples // 5),
@@ -101,7 +121,7 @@ def build_context(c: Comparison, args) -> Context:
 
 
 def render_context_text(ctx: Context) -> str:
-    from av1_ablation.context import render_context
+    from av1_ablation.comparison.context import render_context
 
     return (f"Context: reference models (mean test macro-F1 over runs, 95% CI from resampling test "
             f"pictures)\n{render_context(ctx.table).to_string(index=False)}\n{ctx.sentence}")
@@ -154,8 +174,8 @@ def write_outputs(out: Path, selection: Selection, comparisons: list[Comparison]
     """Write report.md, summary.csv, summary.json and figures/ to ``out`` atomically."""
     import pandas as pd
 
-    from av1_ablation.context import per_qp_figure, render_context
-    from av1_ablation.figures import make_figures
+    from av1_ablation.comparison.context import render_context
+    from av1_ablation.comparison.figures import make_figures, per_qp_models_figure
 
     out = Path(out)
     with atomic_directory(out) as tmp:
@@ -165,7 +185,7 @@ def write_outputs(out: Path, selection: Selection, comparisons: list[Comparison]
             suffix = "" if len(comparisons) == 1 else "_" + "".join(ch if ch.isalnum() else "_" for ch in c.group)
             figures = make_figures(c)
             if i < len(contexts):
-                figures["per_qp"] = per_qp_figure(contexts[i].per_qp_models)
+                figures["per_qp"] = per_qp_models_figure(contexts[i].per_qp_models)
             for stem, fig in figures.items():
                 rel = f"figures/{stem}{suffix}.png"
                 fig.savefig(tmp / rel, dpi=110)
@@ -191,19 +211,20 @@ def log_compare_run(out: Path, selection: Selection, comparisons: list[Compariso
 
     # Under `mlflow run -e compare` MLFLOW_RUN_ID names the run to resume; its experiment is fixed.
     kwargs = {} if os.environ.get("MLFLOW_RUN_ID") else {"experiment_id": selection.experiment_id,
-                                                          "run_name": "compare"}
+                                                          "run_name": COMPARE_RUN_NAME}
     with mlflow.start_run(**kwargs) as run:
+        mark_model_training(run.info.experiment_id)
         mlflow.set_tags({
-            "av1.kind": "compare",
-            "av1.compared_run_ids": ",".join(r.run_id for r in selection.records),
-            "av1.winner": ";".join(f"{c.group}:{c.winner}" for c in comparisons),
+            KIND_TAG: KIND_COMPARE,
+            COMPARED_RUNS_TAG: ",".join(r.run_id for r in selection.records),
+            WINNER_TAG: ";".join(f"{c.group}:{c.winner}" for c in comparisons),
         })
         if len(comparisons) == 1:
             c = comparisons[0]
-            mlflow.set_tag("av1.verdict", c.verdict[:4900])
+            mlflow.set_tag(VERDICT_TAG, c.verdict[:4900])
             for arm, t in c.tests.items():
                 if math.isfinite(t.paired.mean_diff):  # the paired mean difference over shared seeds
-                    mlflow.log_metric(f"delta_macro_f1_{arm}", t.paired.mean_diff)
+                    mlflow.log_metric(compare_delta_metric(arm), t.paired.mean_diff)
         mlflow.log_artifacts(str(out))
         return run.info.run_id
 

@@ -1,24 +1,24 @@
-"""Figures of a :class:`~av1_ablation.report.Comparison` (matplotlib, Agg, no pyplot).
+"""Figures of a :class:`~av1_ablation.comparison.report.Comparison` (matplotlib, Agg, no
+pyplot), and the per-QP figure of the models in its context.
 
 Each function returns a ``matplotlib.figure.Figure``; :func:`make_figures`
-returns all of them keyed by file stem, ready for ``fig.savefig``.
+returns all of them keyed by file stem, ready for ``fig.savefig``. The figures
+of a single run are in :mod:`av1_ablation.record.figures`.
 """
 from __future__ import annotations
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
-from av1_ablation.metrics import CLASS_KEYS, confusion_figure, reliability_curve
-from av1_ablation.partitions import STAGE2_NAMES
-from av1_ablation.report import Comparison
-
-
-def _figure(size) -> Figure:
-    fig = Figure(figsize=size, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+from av1_ablation.comparison.context import per_qp_scores
+from av1_ablation.comparison.report import Comparison
+from av1_ablation.comparison.runs import RunRecord
+from av1_ablation.dataset.partitions import STAGE2_NAMES
+from av1_ablation.record.contract import (CLASS_KEYS, F1, MACRO_F1, PROBA_COLUMNS, TEST, TEST_MACRO_F1,
+                                          Y_PRED, Y_TRUE, per_class)
+from av1_ablation.record.figures import confusion_figure, new_figure as _figure
+from av1_ablation.record.metrics import reliability_curve
 
 
 def macro_f1_figure(c: Comparison) -> Figure:
@@ -29,7 +29,7 @@ def macro_f1_figure(c: Comparison) -> Figure:
     left, right = fig.subplots(1, 2)
     x = np.arange(len(c.arms))
     for i, arm in enumerate(c.arms):
-        v = 100 * c.per_seed.loc[c.per_seed.loss_type == arm, "test_macro_f1"].to_numpy()
+        v = 100 * c.per_seed.loc[c.per_seed.loss_type == arm, TEST_MACRO_F1].to_numpy()
         left.scatter(np.full(v.size, i), v, s=14, alpha=0.6, color="grey")
         half = stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else 0.0
         left.errorbar(i, v.mean(), yerr=half, fmt="o", color="C0", capsize=4)
@@ -37,7 +37,7 @@ def macro_f1_figure(c: Comparison) -> Figure:
     left.set_ylabel("test macro-F1 (%)")
     left.set_title("per seed, mean ± 95% t-interval")
     others = c.arms[1:]
-    scores = c.per_seed.pivot_table(index="seed", columns="loss_type", values="test_macro_f1")
+    scores = c.per_seed.pivot_table(index="seed", columns="loss_type", values=TEST_MACRO_F1)
     for i, arm in enumerate(others):
         d = 100 * (scores[arm] - scores[c.reference]).dropna().to_numpy()
         right.scatter(np.full(d.size, i), d, s=14, alpha=0.6, color="grey")
@@ -63,8 +63,8 @@ def per_class_figure(c: Comparison) -> Figure:
     width = 0.8 / len(c.arms)
     for i, arm in enumerate(c.arms):
         d = c.per_seed[c.per_seed.loss_type == arm]
-        means = [100 * d[f"test_f1_{k}"].mean() for k in CLASS_KEYS]
-        sds = [100 * d[f"test_f1_{k}"].std(ddof=1) if len(d) > 1 else 0 for k in CLASS_KEYS]
+        means = [100 * d[TEST + per_class(F1, k)].mean() for k in CLASS_KEYS]
+        sds = [100 * d[TEST + per_class(F1, k)].std(ddof=1) if len(d) > 1 else 0 for k in CLASS_KEYS]
         ax.bar(np.arange(len(CLASS_KEYS)) + (i - (len(c.arms) - 1) / 2) * width, means, width,
                yerr=sds, capsize=3, label=arm)
     ax.set_xticks(np.arange(len(CLASS_KEYS)), STAGE2_NAMES)
@@ -74,7 +74,7 @@ def per_class_figure(c: Comparison) -> Figure:
     return fig
 
 
-def learning_curve_figure(c: Comparison) -> Figure:
+def val_curves_figure(c: Comparison) -> Figure:
     """Validation macro-F1 per epoch, mean over the seeds still training at that epoch."""
     fig = _figure((8, 4))
     ax = fig.subplots()
@@ -100,8 +100,8 @@ def reliability_figure(c: Comparison, *, n_bins: int = 15) -> Figure:
     edges = np.linspace(0, 1, n_bins + 1)
     for ax, arm in zip(axes, c.arms):
         preds = [r.predictions for r in c.records[arm]]
-        y = np.concatenate([p["y_true"].to_numpy() for p in preds])
-        proba = np.concatenate([p[["p_split", "p_rect", "p_ab"]].to_numpy() for p in preds])
+        y = np.concatenate([p[Y_TRUE].to_numpy() for p in preds])
+        proba = np.concatenate([p[list(PROBA_COLUMNS)].to_numpy() for p in preds])
         _, acc, count = reliability_curve(y, proba, n_bins=n_bins)
         ax.bar(edges[:-1], np.nan_to_num(acc), width=1 / n_bins, align="edge", edgecolor="black", alpha=0.7)
         ax.plot([0, 1], [0, 1], "--", color="grey")
@@ -117,11 +117,30 @@ def make_figures(c: Comparison) -> dict[str, Figure]:
     figs = {
         "macro_f1": macro_f1_figure(c),
         "per_class_f1": per_class_figure(c),
-        "val_learning_curves": learning_curve_figure(c),
+        "val_learning_curves": val_curves_figure(c),
         "reliability": reliability_figure(c),
     }
     for arm in c.arms:
-        y = np.concatenate([r.predictions["y_true"].to_numpy() for r in c.records[arm]])
-        p = np.concatenate([r.predictions["y_pred"].to_numpy() for r in c.records[arm]])
+        y = np.concatenate([r.predictions[Y_TRUE].to_numpy() for r in c.records[arm]])
+        p = np.concatenate([r.predictions[Y_PRED].to_numpy() for r in c.records[arm]])
         figs[f"confusion_{arm}"] = confusion_figure(y, p, title=f"{arm}: test, pooled over seeds")
     return figs
+
+
+def per_qp_models_figure(models: dict[str, list[RunRecord]]) -> Figure:
+    """Per-qindex test macro-F1 and per-class F1 of a few models (mean over their runs)."""
+    keys = (MACRO_F1, *(per_class(F1, k) for k in CLASS_KEYS))
+    fig = _figure((12, 3.6))
+    axes = fig.subplots(1, len(keys), sharey=True)
+    for (name, runs) in models.items():
+        scores = per_qp_scores(runs)
+        if scores.empty:
+            continue
+        for ax, key in zip(axes, keys):
+            ax.plot(scores.index, scores[key], marker="o", label=name)
+    for ax, title in zip(axes, ("macro-F1", *STAGE2_NAMES)):
+        ax.set(title=title, xlabel="qindex", ylim=(0, 1))
+    axes[0].set_ylabel("test F1 (mean over runs)")
+    axes[0].legend(fontsize="small")
+    fig.suptitle("test F1 per QP")
+    return fig

@@ -1,7 +1,8 @@
 """MLflow run lifecycle shared by every command that records runs.
 
 A run is never left RUNNING: errors end it FAILED with the reason as a tag,
-Ctrl-C and SIGTERM end it KILLED.
+Ctrl-C and SIGTERM end it KILLED. Input refused before a run starts ends the run
+``mlflow run`` created for the command FAILED (:func:`fails_pending_run`).
 """
 from __future__ import annotations
 
@@ -18,16 +19,12 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from av1_ablation.errors import Terminated, UserError, raise_terminated
+from av1_ablation.record.contract import (DEVICE_TAG, FAILURE_TAG, FAILURE_TAGS, GIT_COMMIT_TAG, GPU_TAG,
+                                          INTERRUPTIONS_TAG, KIND_TAG, LEASE_TAG, MLFLOW_TAG, NUMPY_TAG,
+                                          PYTHON_TAG, RESUMED_TAG, SKLEARN_TAG, TORCH_TAG, kind_clause,
+                                          param_clause, tag_clause)
+from av1_ablation.record.experiment import experiment_id, mark_model_training
 
-KIND_TAG = "av1.kind"
-FAILURE_TAG = "av1.failure_reason"
-# what a FAILED or KILLED run carries; a resumed run that finishes drops them
-FAILURE_TAGS = (FAILURE_TAG, "av1.failure_epoch", "av1.failure_step")
-# "pid@host" of the process resuming a run: a second resume is refused while it lives
-LEASE_TAG = "av1.lease"
-# the interruptions a resumed run came back from (comma-separated epochs; reasons)
-RESUMED_TAG = "av1.resumed_from_epoch"
-INTERRUPTIONS_TAG = "av1.interruptions"
 # time for a concurrent claim to land before a claim is read back (MLflow has no
 # compare-and-set; two claims less than this apart are decided by the later write)
 LEASE_SETTLE_SECONDS = 0.3
@@ -52,18 +49,18 @@ def environment_tags(device) -> dict[str, str]:
     import torch
 
     tags = {
-        "av1.device": str(device),
-        "av1.python": platform.python_version(),
-        "av1.torch": torch.__version__,
-        "av1.mlflow": mlflow.__version__,
-        "av1.numpy": numpy.__version__,
-        "av1.sklearn": sklearn.__version__,
+        DEVICE_TAG: str(device),
+        PYTHON_TAG: platform.python_version(),
+        TORCH_TAG: torch.__version__,
+        MLFLOW_TAG: mlflow.__version__,
+        NUMPY_TAG: numpy.__version__,
+        SKLEARN_TAG: sklearn.__version__,
     }
     if torch.device(device).type == "cuda":
-        tags["av1.gpu"] = torch.cuda.get_device_name(torch.device(device))
+        tags[GPU_TAG] = torch.cuda.get_device_name(torch.device(device))
     commit = git_commit()
     if commit:
-        tags["av1.git_commit"] = commit
+        tags[GIT_COMMIT_TAG] = commit
     return tags
 
 
@@ -86,11 +83,13 @@ def tracked_run(*, kind: str, run_id: str | None = None, run_name: str | None = 
     starts a new one. ``on_interrupt()`` runs before a run is marked KILLED (the
     training commands log their last resume point there). An exception leaving the
     block carries ``av1_run = (run id, kind)`` of the innermost run it ended, so the
-    command's one-line message can name it.
+    command's one-line message can name it. The run's experiment is marked for mlflow
+    ui's model-training view.
     """
     install_sigterm_handler()
     nested = nested or mlflow.active_run() is not None
     run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested)
+    mark_model_training(run.info.experiment_id)
     mlflow.set_tags({KIND_TAG: kind, **(tags or {})})
     try:
         yield run
@@ -128,6 +127,18 @@ def end_reason(exc: BaseException) -> str:
     if isinstance(exc, Terminated):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"[:4000]
+
+
+@contextlib.contextmanager
+def fails_pending_run(run_id: str | None = None):
+    """Resolve a command's input in this block: a :class:`UserError` raised in it ends the
+    run ``mlflow run`` created (``run_id`` or ``MLFLOW_RUN_ID``) FAILED with the message,
+    then propagates, so a refused invocation leaves no run RUNNING."""
+    try:
+        yield
+    except UserError as exc:
+        fail_pending_run(str(exc), run_id)
+        raise
 
 
 def fail_pending_run(message: str, run_id: str | None = None, *, status: str = "FAILED") -> None:
@@ -243,23 +254,16 @@ def record_resume(run_id: str, epoch: int) -> None:
 def finished_runs(kind: str, *, tags: dict[str, str], params: dict[str, str], max_results: int = 1000):
     """FINISHED runs of the current experiment of ``kind`` with exactly these tag and param
     values, newest first."""
-    clauses = [f"tags.`{KIND_TAG}` = '{kind}'", "attributes.status = 'FINISHED'"]
-    clauses += [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
-    clauses += [f"params.`{k}` = '{v}'" for k, v in params.items()]
+    clauses = [kind_clause(kind), "attributes.status = 'FINISHED'"]
+    clauses += [tag_clause(k, v) for k, v in tags.items()]
+    clauses += [param_clause(k, v) for k, v in params.items()]
     return MlflowClient().search_runs([experiment_id()], " and ".join(clauses),
                                       order_by=["attributes.start_time DESC"], max_results=max_results)
 
 
-def experiment_id() -> str:
-    """The experiment commands log into: ``MLFLOW_EXPERIMENT_ID``/``_NAME`` or the default."""
-    from mlflow.tracking.fluent import _get_experiment_id
-
-    return _get_experiment_id()
-
 
 __all__ = [
-    "KIND_TAG", "FAILURE_TAG", "FAILURE_TAGS", "LEASE_TAG", "RESUMED_TAG", "INTERRUPTIONS_TAG",
-    "Terminated", "tracked_run", "log_new_params", "finished_runs", "environment_tags",
+    "tracked_run", "log_new_params", "finished_runs", "environment_tags", "fails_pending_run",
     "fail_pending_run", "end_reason", "experiment_id", "git_commit", "run_lease", "holder_alive",
     "record_resume",
 ]

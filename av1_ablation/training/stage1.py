@@ -11,51 +11,46 @@ first if there is none).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
-from av1_ablation import config as config_mod
-from av1_ablation.config import STAGE1_PRESETS, Stage1Config
+from av1_ablation.dataset.partitions import to_stage1
 from av1_ablation.errors import Terminated, UserError
-from av1_ablation.experiment import SplitData, load_split_data, log_dataset_input, resolve_device, select
 from av1_ablation.losses import BinaryFocalLoss
-from av1_ablation.metrics import binary_metrics, f1_threshold
-from av1_ablation.models import (Backbone, Stage1Model, count_parameters, load_stage1_backbone,
-                                 scaled_channels)
-from av1_ablation.partitions import to_stage1
-from av1_ablation.run_artifacts import learning_curve_figure, log_figure, log_json, log_torch
-from av1_ablation.tracking import (end_reason, environment_tags, experiment_id, fail_pending_run,
-                                   finished_runs, log_new_params, tracked_run)
-from av1_ablation.training import fit, predict, set_determinism
+from av1_ablation.models import Backbone, Stage1Model, count_parameters, load_stage1_backbone, scaled_channels
+from av1_ablation.record.contract import (BEST_VAL, DECISION_THRESHOLD, F1, KIND_STAGE1, KIND_TAG,
+                                          MODEL_CHECKPOINT, ROC_AUC, STAGE1_RUN_NAME, STAGE1_SCORE, TEST,
+                                          TRAINED_FOR_AUTO, TRAINED_FOR_TAG, VAL, VAL_LOSS, cfg_param,
+                                          parameter_count_metric)
+from av1_ablation.record.metrics import binary_metrics, f1_threshold
+from av1_ablation.training import config as config_mod
+from av1_ablation.training.config import STAGE1_PRESETS, Stage1Config
+from av1_ablation.training.data import SplitData, load_split_data, log_dataset_input, resolve_device, select
+from av1_ablation.training.lifecycle import (end_reason, environment_tags, experiment_id, fail_pending_run,
+                                             fails_pending_run, finished_runs, log_new_params, tracked_run)
+from av1_ablation.training.loop import (History, Optimisation, fit, log_selected_checkpoint, predict,
+                                        set_determinism)
+from av1_ablation.training.tensors import DeviceBlocks
 
-# Threshold-free: F1 at a fixed 0.5 swung between 0.34 and 0.78 from epoch to epoch
-SCORE = "val_roc_auc"
-CHECKPOINT = "checkpoint/model.pt"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def configure(parser) -> None:
-    from av1_ablation.stage2 import add_config_arguments
-
-    add_config_arguments(parser, Stage1Config)
+    config_mod.add_config_arguments(parser, Stage1Config)
 
 
 def run(args) -> int:
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Stage1Config)}
-    try:
-        cfg = config_mod.resolve(Stage1Config, overrides, STAGE1_PRESETS)
+    with fails_pending_run():
+        cfg = config_mod.from_args(Stage1Config, args, STAGE1_PRESETS)
         data = load_split_data(cfg, to_stage1)
         data.check_qp_input(cfg.qp_input)
-    except UserError as exc:
-        fail_pending_run(str(exc))
-        raise
     run_id = train_stage1(cfg, data)
     print(f"Stage-1 run {run_id} finished")
     return 0
@@ -66,62 +61,80 @@ def train_stage1(cfg: Stage1Config, data: SplitData, *, run_id: str | None = Non
     device = resolve_device(cfg.device)
     tags = {**data.tags(), **environment_tags(device), **(tags or {})}
     nested = mlflow.active_run() is not None
-    with tracked_run(kind="stage1", run_id=run_id, run_name="stage1", tags=tags, nested=nested) as run:
+    with tracked_run(kind=KIND_STAGE1, run_id=run_id, run_name=STAGE1_RUN_NAME, tags=tags,
+                     nested=nested) as run:
         log_new_params({**config_mod.to_params(cfg), **data.params()})
         log_dataset_input(data)
         set_determinism(cfg.seed)
         model = Stage1Model(cfg.width, qp_input=cfg.qp_input).to(device)
-        mlflow.log_metrics({f"{k}_params": v for k, v in count_parameters(model).items()})
-        criterion = BinaryFocalLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
+        mlflow.log_metrics({parameter_count_metric(k): v for k, v in count_parameters(model).items()})
+        focal = BinaryFocalLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
+
+        def criterion(logits, y):  # the focal loss takes float targets
+            return focal(logits, y.float())
+
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs,
                                                                eta_min=cfg.lr_min)
-        splits = data.on_device(device)
-
-        def binary_criterion(logits, y):
-            return criterion(logits, y.float())
-
-        def inputs(name):
-            s = splits[name]
-            return lambda idx, variants=None: (s.inputs(idx, variants), s.qp[idx])
-
-        def evaluate_split(name):
-            logits = predict(model, inputs(name), len(splits[name]), cfg.eval_batch_size)
-            y = splits[name].targets.cpu()
-            return torch.sigmoid(logits).numpy(), y.numpy(), float(binary_criterion(logits, y))
-
-        def evaluate():
-            score, y, loss = evaluate_split("val")
-            return {"val_loss": loss, **binary_metrics(y, score, prefix="val_")}
-
-        history = fit(model, model, splits["train"], inputs("train"), evaluate,
-                      binary_criterion, optimizer, scheduler, cfg, score_key=SCORE,
-                      on_epoch=lambda h, m: mlflow.log_metrics(m, step=h.epoch))
-        model.load_state_dict(history.best_state)
-        model.eval()
-        final = {"best_epoch": history.best_epoch, "epochs_run": history.epoch,
-                 "train_seconds": sum(m["epoch_seconds"] for m in history.metrics)}
-        # the selected checkpoint's validation figures: best_val_* (val_* is the per-epoch
-        # history); the decision threshold is chosen on validation and applied to test
-        val_score, val_y, _ = evaluate_split("val")
-        threshold = f1_threshold(val_y, val_score)
-        final["decision_threshold"] = threshold
-        final.update(binary_metrics(val_y, val_score, threshold=threshold, prefix="best_val_"))
-        if len(splits["test"]):
-            test_score, test_y, _ = evaluate_split("test")
-            final.update(binary_metrics(test_y, test_score, threshold=threshold, prefix="test_"))
-        mlflow.log_metrics(final)
-        print(f"Stage 1: selected epoch {history.best_epoch}: val ROC AUC {final['best_val_roc_auc']:.4f}, "
-              f"threshold {threshold:.3f} (val F1 {final['best_val_f1']:.4f})"
-              + (f", test ROC AUC {final['test_roc_auc']:.4f}, test F1 {final['test_f1']:.4f}"
-                 if "test_f1" in final else ""))
-        log_figure(learning_curve_figure(history.metrics, score_key=SCORE, title="Stage 1"),
-                   "figures/learning_curves.png")
-        log_json({"config": dataclasses.asdict(cfg), "final": final, "epochs": history.metrics},
-                 "metrics.json")
-        log_torch({"kind": "stage1", "config": dataclasses.asdict(cfg), "epoch": history.best_epoch,
-                   "model_state_dict": history.best_state}, CHECKPOINT)
+        opt = Optimisation(model, criterion, optimizer, scheduler)
+        task = Stage1Task(cfg, opt, data.on_device(device))
+        history = fit(opt, task, cfg)
+        log_selected_checkpoint(model, history, cfg, task)
         return run.info.run_id
+
+
+class Stage1Task:
+    """Stage 1 as the loop sees it (see :class:`~av1_ablation.training.loop.Stage`): the whole
+    network on each block, selection on validation ROC AUC, a decision threshold chosen on
+    validation and applied to test."""
+
+    score_key = STAGE1_SCORE
+    title = "Stage 1"
+
+    def __init__(self, cfg: Stage1Config, opt: Optimisation, splits: dict[str, DeviceBlocks]):
+        self.cfg, self.opt, self.splits = cfg, opt, splits
+        self.train_targets = splits["train"].targets
+
+    def train_logits(self, idx, variants):
+        blocks = self.splits["train"]
+        return self.opt.model(blocks.inputs(idx, variants), blocks.qp[idx])
+
+    def evaluate_split(self, name: str) -> tuple[np.ndarray, np.ndarray, float]:
+        """P(partitioned), targets and mean loss of the model on split ``name``."""
+        blocks = self.splits[name]
+        logits = predict(self.opt.model, lambda idx: (blocks.inputs(idx), blocks.qp[idx]), len(blocks),
+                         self.cfg.eval_batch_size)
+        y = blocks.targets.cpu()
+        return torch.sigmoid(logits).numpy(), y.numpy(), float(self.opt.criterion(logits, y))
+
+    def validate(self) -> dict[str, float]:
+        score, y, loss = self.evaluate_split("val")
+        return {VAL_LOSS: loss, **binary_metrics(y, score, prefix=VAL)}
+
+    def record_epoch(self, history: History, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics(metrics, step=history.epoch)
+
+    def evaluate_selected(self, history: History) -> dict[str, float]:
+        """The selected checkpoint's validation figures as ``best_val_*`` (``val_*`` is the
+        per-epoch history); the decision threshold is chosen on validation, applied to test."""
+        val_score, val_y, _ = self.evaluate_split("val")
+        threshold = f1_threshold(val_y, val_score)
+        final = {DECISION_THRESHOLD: threshold}
+        final.update(binary_metrics(val_y, val_score, threshold=threshold, prefix=BEST_VAL))
+        if len(self.splits["test"]):
+            test_score, test_y, _ = self.evaluate_split("test")
+            final.update(binary_metrics(test_y, test_score, threshold=threshold, prefix=TEST))
+        return final
+
+    def describe_selected(self, history: History, final: dict[str, float]) -> str:
+        test = (f", test ROC AUC {final[TEST + ROC_AUC]:.4f}, test F1 {final[TEST + F1]:.4f}"
+                if TEST + F1 in final else "")
+        return (f"Stage 1: selected epoch {history.best_epoch}: val ROC AUC "
+                f"{final[BEST_VAL + ROC_AUC]:.4f}, threshold {final[DECISION_THRESHOLD]:.3f} "
+                f"(val F1 {final[BEST_VAL + F1]:.4f}){test}")
+
+    def checkpoint(self, history: History) -> dict:
+        return {"kind": KIND_STAGE1, "model_state_dict": history.best_state}
 
 
 @dataclass(frozen=True)
@@ -162,9 +175,9 @@ def find_stage1_run(data: SplitData, width: float, preset: str, qp_input: str = 
     """The newest FINISHED Stage-1 run for this data set, split, width, preset and QP input (a
     one-epoch ``smoke`` backbone must never stand in for a real one)."""
     preset = _stage1_preset(preset, width)
-    runs = finished_runs("stage1", tags=data.fingerprints(),
-                         params={"cfg.width": str(float(width)), "cfg.preset": preset,
-                                 "cfg.qp_input": qp_input}, max_results=1)
+    runs = finished_runs(KIND_STAGE1, tags=data.fingerprints(),
+                         params={cfg_param("width"): str(float(width)), cfg_param("preset"): preset,
+                                 cfg_param("qp_input"): qp_input}, max_results=1)
     return runs[0].info.run_id if runs else None
 
 
@@ -186,9 +199,9 @@ def train_stage1_for(data: SplitData, width: float, device: str, preset: str,
     pending = os.environ.get("MLFLOW_RUN_ID")
     run_id = None
     try:
-        run_id = MlflowClient().create_run(experiment_id(), run_name="stage1").info.run_id
+        run_id = MlflowClient().create_run(experiment_id(), run_name=STAGE1_RUN_NAME).info.run_id
         stage1_data = select(data.store, data.split, to_stage1)
-        return train_stage1(cfg, stage1_data, run_id=run_id, tags={"av1.trained_for": "stage1=auto"})
+        return train_stage1(cfg, stage1_data, run_id=run_id, tags={TRAINED_FOR_TAG: TRAINED_FOR_AUTO})
     except BaseException as exc:
         _end_runs_of_interrupted_auto(exc, run_id, pending)
         raise
@@ -232,10 +245,11 @@ def _from_run(run_id: str) -> Stage1Ref:
         run = MlflowClient().get_run(run_id)
     except MlflowException:
         raise UserError(f"stage1={run_id}: no such run in {mlflow.get_tracking_uri()}") from None
-    if run.data.tags.get("av1.kind") != "stage1" or run.info.status != "FINISHED":
+    kind = run.data.tags.get(KIND_TAG)
+    if kind != KIND_STAGE1 or run.info.status != "FINISHED":
         raise UserError(f"stage1={run_id} is not a FINISHED Stage-1 run (kind "
-                        f"{run.data.tags.get('av1.kind')}, status {run.info.status})")
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT)
+                        f"{kind}, status {run.info.status})")
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_CHECKPOINT)
     return Stage1Ref(run_id, f"run {run_id}", Path(path))
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 
 from av1_ablation.errors import UserError
 from av1_ablation.models.qp import QP_INPUTS
+from av1_ablation.record.contract import cfg_param
 
 ADAPTABLE_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 SAMPLERS = ("balanced", "none")
@@ -143,9 +144,34 @@ def resolve(cls, overrides: dict, presets: dict[str, dict]):
     return cls(**values)
 
 
+def add_config_arguments(parser, cls, *, exclude: tuple[str, ...] = ()) -> None:
+    """One ``--field-name`` option per field of ``cls`` but ``exclude`` (the fields the
+    command sets itself, which it therefore refuses); default: the preset's value."""
+    for f in fields(cls):
+        if f.name in exclude:
+            continue
+        default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                            metavar=f.name.upper(),
+                            help=f"default: the preset's value ({default} in 'paper')")
+
+
+def from_args(cls, args, presets: dict[str, dict], **fixed):
+    """The configuration of a command's parsed arguments (see :func:`resolve`); ``fixed``
+    gives the fields the command decides itself (None: the preset's value)."""
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(cls)}
+    return resolve(cls, {**overrides, **fixed}, presets)
+
+
 def to_params(cfg) -> dict[str, str]:
     """The ``cfg.<field>`` MLflow params of a configuration (strings, as stored)."""
-    return {f"cfg.{k}": _format(v) for k, v in dataclasses.asdict(cfg).items()}
+    return {cfg_param(k): _format(v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def to_arguments(cfg) -> list[str]:
+    """The command-line options that resolve to ``cfg`` again: ``--field-name value`` pairs."""
+    return [part for f in fields(cfg)
+            for part in ("--" + f.name.replace("_", "-"), _format(getattr(cfg, f.name)))]
 
 
 def from_dict(cls, values: dict):
@@ -214,8 +240,11 @@ __all__ = [
     "Stage2Config",
     "STAGE1_PRESETS",
     "STAGE2_PRESETS",
+    "add_config_arguments",
+    "from_args",
     "resolve",
     "to_params",
+    "to_arguments",
     "from_dict",
     "default_preset",
 ]

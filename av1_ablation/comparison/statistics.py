@@ -57,7 +57,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_paired
 
-from av1_ablation.metrics import N_CLASSES
+from av1_ablation.record.metrics import N_CLASSES
 
 __all__ = [
     "BootstrapResult",
