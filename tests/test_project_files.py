@@ -1,6 +1,7 @@
 """The MLproject, the CLI and the environment files agree with each other."""
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
 import tomllib
@@ -24,6 +25,32 @@ def parse_command(sub: str, args: list[str]):
     return parser.parse_args([sub, *args])
 
 
+# Options of every subcommand that are not MLproject parameters: help, and --debug, which
+# changes only how a failure is printed (a terminal matter; `mlflow run` keeps the log).
+NOT_PARAMETERS = {"help", "debug"}
+
+
+def cli_options(sub: str) -> dict[str, argparse.Action]:
+    """The options a user sets on ``av1-ablation <sub>``, by parameter name (``--cpu-used``
+    is ``cpu_used``)."""
+    parser, _ = cli.build_parser([sub])
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    options = {}
+    for action in subparsers.choices[sub]._actions:
+        if action.option_strings and action.dest not in NOT_PARAMETERS:
+            flag = max(action.option_strings, key=len)
+            options[flag[2:].replace("-", "_")] = action
+    return options
+
+
+def entry_command(entry: str) -> tuple[str, dict[str, str]]:
+    """The subcommand an entry point runs and its ``--flag {param}`` pairs, by flag."""
+    command = mlproject()["entry_points"][entry]["command"]
+    sub = re.match(r"python -m av1_ablation (\w+)", command).group(1)
+    pairs = dict(re.findall(r"--([\w-]+) \{(\w+)\}", command))
+    return sub, pairs
+
+
 @pytest.mark.parametrize("entry", sorted(mlproject()["entry_points"]))
 def test_entry_point_parameters_reach_the_cli(entry):
     spec = mlproject()["entry_points"][entry]
@@ -40,6 +67,52 @@ def test_entry_point_parameters_reach_the_cli(entry):
     values = {k: shlex.quote(str(v.get("default", "")) if isinstance(v, dict) else "x")
               for k, v in spec.get("parameters", {}).items()}
     parse_command(sub, shlex.split(command.format(**values))[4:])
+
+
+@pytest.mark.parametrize("entry", sorted(mlproject()["entry_points"]))
+def test_entry_point_parameters_are_exactly_the_cli_options(entry):
+    """Both ways: every option a user sets on the subcommand is a parameter of the entry
+    point, passed as ``--option {option}``, and every parameter is such an option."""
+    sub, pairs = entry_command(entry)
+    declared = set(mlproject()["entry_points"][entry].get("parameters", {}))
+    options = cli_options(sub)
+    assert set(options) == declared, (f"{entry}: CLI options not in MLproject {set(options) - declared}, "
+                                      f"MLproject parameters not CLI options {declared - set(options)}")
+    assert {flag.replace("-", "_"): param for flag, param in pairs.items()} == {p: p for p in declared}
+
+
+@pytest.mark.parametrize("entry", sorted(mlproject()["entry_points"]))
+def test_entry_point_defaults_are_the_cli_defaults(entry):
+    """Where the CLI has a default of its own (not "the preset's value"), MLproject repeats it."""
+    sub, _ = entry_command(entry)
+    params = mlproject()["entry_points"][entry]["parameters"]
+    for name, action in cli_options(sub).items():
+        default = action.default
+        if default is None or default == []:
+            continue  # unset: MLproject passes "" (or the preset's value), which means the same
+        expected = str(default).lower() if isinstance(default, bool) else str(default)
+        assert str(params[name]["default"]) == expected, f"{entry}: {name}"
+
+
+@pytest.mark.parametrize(("sub", "option"), [
+    ("ablation", ["--seed", "1"]), ("ablation", ["--loss-type", "poly"]),  # it takes --seeds/--losses
+    ("reference", ["--loss-type", "poly"]),  # every reference uses the baseline loss
+    ("reference", ["--finetune", "true"]),  # only the finetune reference trains the backbone
+])
+def test_commands_refuse_options_they_do_not_use(sub, option, capsys):
+    with pytest.raises(SystemExit):
+        parse_command(sub, option)
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_flags_take_a_value_for_mlflow_run_and_none_on_the_command_line():
+    assert parse_command("compare", ["--no-log"]).no_log is True
+    assert parse_command("compare", ["--no-log", "false"]).no_log is False
+    assert parse_command("compare", []).no_log is False
+    assert parse_command("dataset", ["--overwrite", "--crop", ""]).overwrite is True
+    assert parse_command("dataset", ["--crop", ""]).crop is None
+    assert parse_command("compare", ["--ignore-param", "cfg.a,cfg.b", "--ignore-param", "cfg.c"]
+                         ).ignore_param == ["cfg.a", "cfg.b", "cfg.c"]
 
 
 def test_main_and_train_are_the_same_entry_point():
