@@ -44,11 +44,9 @@ def collect(variants: list[str]) -> dict[str, dict[tuple[str, int], dict[str, fl
     """qp_input -> (loss, seed) -> metrics of the newest FINISHED Stage-2 runs."""
     from mlflow.tracking import MlflowClient
 
-    from av1_ablation.tracking import experiment_id
-
     client = MlflowClient()
     out: dict = {v: {} for v in variants}
-    runs = client.search_runs([experiment_id()], "tags.`av1.kind` = 'stage2' and attributes.status = 'FINISHED'",
+    runs = client.search_runs([os.environ.get("MLFLOW_EXPERIMENT_ID", "0")], "tags.`av1.kind` = 'stage2' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=5000)
     for run in runs:
         p = run.data.params
@@ -64,6 +62,8 @@ def report(found, seconds: dict[str, float]) -> str:
              "baseline test | baseline test AB F1 | ablation wall time |", "|" + "---|" * 8]
     per_seed = {}
     for variant, runs in found.items():
+        if not runs:
+            continue
         seeds = sorted({s for _, s in runs})
         per_seed[variant] = {s: np.mean([m["best_val_macro_f1"] for (l, ss), m in runs.items() if ss == s])
                              for s in seeds}
@@ -74,18 +74,17 @@ def report(found, seconds: dict[str, float]) -> str:
                      f"{mean('test_f1_ab', 'baseline'):.2f} | "
                      f"{seconds.get(variant, float('nan')):.0f} s |")
     lines.append("")
-    ref = per_seed.get("none", {})
-    best, best_score = "none", np.mean(list(ref.values())) if ref else -np.inf
-    for variant, scores in per_seed.items():
-        if variant == "none" or not ref:
+    means = {v: np.mean(list(scores.values())) for v, scores in per_seed.items()}
+    best = max(means, key=means.get) if means else "none"
+    for a, b in [(v, "none") for v in per_seed if v != "none"] + \
+            [(best, v) for v in per_seed if v not in (best, "none")]:
+        if a not in per_seed or b not in per_seed:
             continue
-        shared = sorted(set(scores) & set(ref))
-        d = np.array([scores[s] - ref[s] for s in shared]) * 100
+        shared = sorted(set(per_seed[a]) & set(per_seed[b]))
+        d = np.array([per_seed[a][s] - per_seed[b][s] for s in shared]) * 100
         p = stats.ttest_1samp(d, 0).pvalue if len(d) > 1 and np.ptp(d) > 0 else float("nan")
-        lines.append(f"{variant} - none, validation, per seed {shared}: "
+        lines.append(f"{a} - {b}, validation, per seed {shared}: "
                      f"{', '.join(f'{x:+.2f}' for x in d)} pp; mean {d.mean():+.2f} pp, paired t p = {p:.3g}")
-        if d.mean() > 0 and np.mean(list(scores.values())) > best_score:
-            best, best_score = variant, np.mean(list(scores.values()))
     lines.append(f"best on validation: qp_input={best}")
     return "\n".join(lines)
 

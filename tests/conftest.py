@@ -20,6 +20,7 @@ def tiny_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_dataset_two_qps(tmp_path_factory):
-    """The same six photos at two QPs (cq 20 and 55), for QP-input models and references."""
+    """The same six photos at two QPs (cq 20 and 55): what training tests use, since the models
+    read the QP by default."""
     out = tmp_path_factory.mktemp("tiny2qp") / "store"
     return build_dataset(TINY_SOURCES, out, qps=(20, 55), cpu_used=2, crop=128, progress=False)

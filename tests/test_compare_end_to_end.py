@@ -13,11 +13,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_compare_real_tiny_ablation_and_notebook(tiny_dataset, tracking_store, tmp_path, capsys):
+def test_compare_real_tiny_ablation_and_notebook(tiny_dataset_two_qps, tracking_store, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
     uri, exp = tracking_store
-    assert main(["ablation", "--losses", "baseline,poly", "--seeds", "1,2,3", "--data", str(tiny_dataset),
+    assert main(["ablation", "--losses", "baseline,poly", "--seeds", "1,2,3", "--data", str(tiny_dataset_two_qps),
                  "--preset", "smoke", "--batch-size", "16", "--epochs", "2"]) == 0
     (parent,) = MlflowClient().search_runs([exp], "tags.`av1.kind` = 'ablation'")
     capsys.readouterr()
@@ -36,7 +36,7 @@ def test_compare_real_tiny_ablation_and_notebook(tiny_dataset, tracking_store, t
     assert all(c.info.run_id in compared for c in children)
 
     # a child trained with another setting is not comparable: refused, naming the parameter
-    assert main(["train", "--data", str(tiny_dataset), "--preset", "smoke", "--batch-size", "16",
+    assert main(["train", "--data", str(tiny_dataset_two_qps), "--preset", "smoke", "--batch-size", "16",
                  "--epochs", "1", "--loss-type", "poly", "--seed", "9"]) == 0
     assert main(["compare", "--filter", "params.`cfg.batch_size` = '16'", "--out",
                  str(tmp_path / "mixed"), "--no-log"]) == 2

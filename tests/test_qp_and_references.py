@@ -171,3 +171,15 @@ def test_references_and_context_table(tiny_dataset_two_qps, tracking_store, tmp_
     assert "prior" in summary["groups"][0]["context"]["sentence"]
     assert (out / "figures" / "per_qp.png").is_file()
     assert "### Context" in (out / "report.md").read_text()
+
+
+def test_every_qindex_standardises_into_the_unit_interval():
+    q = standardise_qindex(np.arange(256))
+    assert q[0] == 0 and q[-1] == 1 and bool((q[1:] > q[:-1]).all())
+    # a QP the model never saw still gives a finite, distinct output
+    torch.manual_seed(0)
+    model = Stage2Model(width=0.25, qp_input="concat").eval()
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        seen, unseen = model(x, standardise_qindex([80, 80])), model(x, standardise_qindex([3, 3]))
+    assert torch.isfinite(unseen).all() and not torch.allclose(seen, unseen)

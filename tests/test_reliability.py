@@ -94,7 +94,7 @@ def test_missing_data_directory_says_it_does_not_exist(tmp_path, tracking_store,
     assert stage2_runs(exp) == []
 
 
-def test_non_checkpoint_stage1_files_are_refused_without_torch_advice(tiny_dataset, tracking_store,
+def test_non_checkpoint_stage1_files_are_refused_without_torch_advice(tiny_dataset_two_qps, tracking_store,
                                                                       tmp_path, capsys):
     _, exp = tracking_store
     text = tmp_path / "notes.pt"
@@ -102,16 +102,16 @@ def test_non_checkpoint_stage1_files_are_refused_without_torch_advice(tiny_datas
     code = tmp_path / "objects.pt"
     torch.save({"model_state_dict": {}, "extra": socket.AddressFamily.AF_INET}, code)
     for path, expected in ((text, "is not a PyTorch checkpoint"), (code, "holds Python objects")):
-        assert main(["train", "--data", str(tiny_dataset), *SMOKE, "--stage1", str(path)]) == 2
+        assert main(["train", "--data", str(tiny_dataset_two_qps), *SMOKE, "--stage1", str(path)]) == 2
         err = one_line_error(capsys)
         assert expected in err and "weights_only" not in err, err
     assert stage2_runs(exp) == []
 
 
-def test_non_finite_loss_is_one_line_and_debug_adds_the_traceback(tiny_dataset, tracking_store,
+def test_non_finite_loss_is_one_line_and_debug_adds_the_traceback(tiny_dataset_two_qps, tracking_store,
                                                                   capsys):
     _, exp = tracking_store
-    diverging = ["train", "--data", str(tiny_dataset), *SMOKE, "--lr-head", "1e30",
+    diverging = ["train", "--data", str(tiny_dataset_two_qps), *SMOKE, "--lr-head", "1e30",
                  "--lr-adapter", "1e30", "--epochs", "3", "--threads", "1"]
     assert main(diverging) == 1
     err = one_line_error(capsys)
@@ -176,9 +176,9 @@ def test_only_killed_or_failed_runs_can_be_resumed(tracking_store, capsys):
     assert "av1.lease" not in client().get_run(running).data.tags  # released after the refusal
 
 
-def _killed_run(tiny_dataset, exp) -> str:
+def _killed_run(tiny_dataset_two_qps, exp) -> str:
     """A Stage-2 run that a real SIGTERM ended KILLED after its first epoch."""
-    proc = cli_process("train", "--data", str(tiny_dataset), *SMOKE, "--epochs", "8",
+    proc = cli_process("train", "--data", str(tiny_dataset_two_qps), *SMOKE, "--epochs", "8",
                        "--patience", "8", "--loss-type", "poly")
     wait_for(lambda: [r for r in stage2_runs(exp, "RUNNING")
                       if client().get_metric_history(r.info.run_id, "val_macro_f1")],
@@ -190,10 +190,10 @@ def _killed_run(tiny_dataset, exp) -> str:
 
 
 @pytest.mark.slow
-def test_second_resume_is_refused_and_a_dead_holder_is_taken_over(tiny_dataset, tracking_store,
+def test_second_resume_is_refused_and_a_dead_holder_is_taken_over(tiny_dataset_two_qps, tracking_store,
                                                                   capsys):
     _, exp = tracking_store
-    run_id = _killed_run(tiny_dataset, exp)
+    run_id = _killed_run(tiny_dataset_two_qps, exp)
     assert "signal 15" in client().get_run(run_id).data.tags["av1.failure_reason"]
     first = cli_process("train", "--resume", run_id)
     holder = f"{first.pid}@{socket.gethostname()}"
@@ -220,10 +220,10 @@ def test_second_resume_is_refused_and_a_dead_holder_is_taken_over(tiny_dataset, 
 # --- SIGTERM during stage1=auto ------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_sigterm_while_stage1_auto_trains_kills_both_runs(tiny_dataset, tracking_store):
+def test_sigterm_while_stage1_auto_trains_kills_both_runs(tiny_dataset_two_qps, tracking_store):
     _, exp = tracking_store
     pending = client().create_run(exp).info.run_id  # what `mlflow run` creates for the command
-    proc = cli_process("train", "--data", str(tiny_dataset), "--preset", "cpu",
+    proc = cli_process("train", "--data", str(tiny_dataset_two_qps), "--preset", "cpu",
                        env={"MLFLOW_RUN_ID": pending})
     stage1 = wait_for(lambda: [r for r in client().search_runs([exp], "tags.`av1.kind` = 'stage1'")
                                if client().get_metric_history(r.info.run_id, "val_roc_auc")],

@@ -29,8 +29,8 @@ def stage2_runs(experiment_id, status=None):
     return client().search_runs([experiment_id], filter_string=flt)
 
 
-def train(tiny_dataset, *extra):
-    return main(["train", "--data", str(tiny_dataset), *SMOKE, *extra])
+def train(tiny_dataset_two_qps, *extra):
+    return main(["train", "--data", str(tiny_dataset_two_qps), *SMOKE, *extra])
 
 
 def test_normalisation_happens_once():
@@ -51,9 +51,9 @@ def test_dihedral_variants_are_the_eight_symmetries():
     assert len(images) == 8
 
 
-def test_train_run_records_contract(tiny_dataset, tracking_store):
+def test_train_run_records_contract(tiny_dataset_two_qps, tracking_store):
     _, exp = tracking_store
-    assert train(tiny_dataset, "--loss-type", "poly", "--epochs", "2", "--patience", "5") == 0
+    assert train(tiny_dataset_two_qps, "--loss-type", "poly", "--epochs", "2", "--patience", "5") == 0
     (run,) = stage2_runs(exp, "FINISHED")
     stage1 = client().get_run(run.data.tags["av1.stage1_run_id"])
     assert stage1.info.status == "FINISHED" and stage1.data.tags["av1.kind"] == "stage1"
@@ -77,6 +77,7 @@ def test_train_run_records_contract(tiny_dataset, tracking_store):
 
     from av1_ablation.dataset import load_store
     from av1_ablation.training.stage2 import load_model
+    from av1_ablation.models import standardise_qindex
     from av1_ablation.training.tensors import normalise
 
     model, cfg = load_model(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
@@ -86,7 +87,7 @@ def test_train_run_records_contract(tiny_dataset, tracking_store):
                                                            artifact_path="predictions/test.csv"),
                        delimiter=",", skiprows=1)
     assert np.allclose(preds[:, 3:6].sum(1), 1, atol=1e-4)
-    store = load_store(tiny_dataset)
+    store = load_store(tiny_dataset_two_qps)
     rows = preds[:, 0].astype(int)
     assert np.array_equal(preds[:, 6], store.qindex[rows])  # qindex, then the picture (cluster)
     assert np.array_equal(preds[:, 7], store.source[rows])
@@ -94,9 +95,10 @@ def test_train_run_records_contract(tiny_dataset, tracking_store):
     per_qp = {k for k in run.data.metrics if k.startswith("test_q") and k.endswith("_macro_f1")}
     assert per_qp == {f"test_q{q}_macro_f1" for q in np.unique(store.qindex[rows])}
     # the checkpoint reproduces the logged test probabilities
-    blocks = torch.from_numpy(load_store(tiny_dataset).blocks[preds[:, 0].astype(int)].astype(np.int16))
+    blocks = torch.from_numpy(load_store(tiny_dataset_two_qps).blocks[preds[:, 0].astype(int)].astype(np.int16))
     with torch.no_grad():
-        proba = torch.softmax(model(normalise(blocks)).double(), 1).numpy()
+        qp = standardise_qindex(preds[:, 6]) if cfg.qp_input != "none" else None
+        proba = torch.softmax(model(normalise(blocks), qp).double(), 1).numpy()
     assert np.allclose(proba, preds[:, 3:6], atol=1e-5)
     # per-class test figures come from the selected checkpoint's predictions
     from av1_ablation.record.metrics import classification_metrics
@@ -119,10 +121,10 @@ def test_experiment_kind_chosen_by_the_user_is_kept(tracking_store):
     assert client().get_experiment(other).tags["mlflow.experimentKind"] == "genai_development"
 
 
-def test_same_seed_same_metrics(tiny_dataset, tracking_store):
+def test_same_seed_same_metrics(tiny_dataset_two_qps, tracking_store):
     _, exp = tracking_store
     for _ in range(2):
-        assert train(tiny_dataset, "--loss-type", "asymmetric", "--epochs", "2") == 0
+        assert train(tiny_dataset_two_qps, "--loss-type", "asymmetric", "--epochs", "2") == 0
     a, b = stage2_runs(exp, "FINISHED")
     keys = [k for k in a.data.metrics if k.startswith(("val_", "test_", "train_loss"))]
     assert {k: a.data.metrics[k] for k in keys} == {k: b.data.metrics[k] for k in keys}
@@ -130,27 +132,27 @@ def test_same_seed_same_metrics(tiny_dataset, tracking_store):
     assert a.data.tags["av1.stage1_run_id"] == b.data.tags["av1.stage1_run_id"]
 
 
-def test_non_finite_loss_fails_the_run(tiny_dataset, tracking_store):
+def test_non_finite_loss_fails_the_run(tiny_dataset_two_qps, tracking_store):
     _, exp = tracking_store
-    assert train(tiny_dataset, "--lr-head", "1e30", "--lr-adapter", "1e30", "--epochs", "3") == 1
+    assert train(tiny_dataset_two_qps, "--lr-head", "1e30", "--lr-adapter", "1e30", "--epochs", "3") == 1
     (run,) = stage2_runs(exp)
     assert run.info.status == "FAILED"
     assert "non-finite" in run.data.tags["av1.failure_reason"]
     assert int(run.data.tags["av1.failure_epoch"]) >= 1
 
 
-def test_invalid_parameters_create_no_run(tiny_dataset, tracking_store, capsys):
+def test_invalid_parameters_create_no_run(tiny_dataset_two_qps, tracking_store, capsys):
     _, exp = tracking_store
-    assert train(tiny_dataset, "--loss-type", "focal") == 2
+    assert train(tiny_dataset_two_qps, "--loss-type", "focal") == 2
     assert "loss_type='focal' is not one of baseline" in capsys.readouterr().err
-    assert train(tiny_dataset, "--epochs", "zero") == 2
+    assert train(tiny_dataset_two_qps, "--epochs", "zero") == 2
     assert stage2_runs(exp) == []
 
 
 @pytest.mark.slow
-def test_interrupt_then_resume_matches_uninterrupted(tiny_dataset, tracking_store):
+def test_interrupt_then_resume_matches_uninterrupted(tiny_dataset_two_qps, tracking_store):
     uri, exp = tracking_store
-    args = [sys.executable, "-m", "av1_ablation", "train", "--data", str(tiny_dataset), *SMOKE,
+    args = [sys.executable, "-m", "av1_ablation", "train", "--data", str(tiny_dataset_two_qps), *SMOKE,
             "--epochs", "40", "--patience", "40", "--loss-type", "focal_smoothing"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     assert subprocess.run(args, env=env, capture_output=True).returncode == 0
@@ -175,9 +177,9 @@ def test_interrupt_then_resume_matches_uninterrupted(tiny_dataset, tracking_stor
 
 
 @pytest.mark.slow
-def test_ablation_nests_children_and_skips_finished_on_rerun(tiny_dataset, tracking_store):
+def test_ablation_nests_children_and_skips_finished_on_rerun(tiny_dataset_two_qps, tracking_store):
     _, exp = tracking_store
-    argv = ["ablation", "--losses", "baseline,poly", "--seeds", "1,2", "--data", str(tiny_dataset),
+    argv = ["ablation", "--losses", "baseline,poly", "--seeds", "1,2", "--data", str(tiny_dataset_two_qps),
             *SMOKE]
     assert main(argv) == 0
     parents = client().search_runs([exp], "tags.`av1.kind` = 'ablation'")
@@ -194,23 +196,23 @@ def test_ablation_nests_children_and_skips_finished_on_rerun(tiny_dataset, track
 
 
 @pytest.mark.slow
-def test_parallel_children_are_all_recorded(tiny_dataset, tracking_store):
+def test_parallel_children_are_all_recorded(tiny_dataset_two_qps, tracking_store):
     _, exp = tracking_store
     assert main(["ablation", "--losses", "baseline", "--seeds", "5,6", "--jobs", "2",
-                 "--data", str(tiny_dataset), *SMOKE]) == 0
+                 "--data", str(tiny_dataset_two_qps), *SMOKE]) == 0
     runs = stage2_runs(exp, "FINISHED")
     assert sorted(r.data.params["cfg.seed"] for r in runs) == ["5", "6"]
     assert all(client().get_metric_history(r.info.run_id, "val_macro_f1") for r in runs)
 
 
 @pytest.mark.slow
-def test_mlflow_run_main_entry_point(tiny_dataset, tracking_store):
+def test_mlflow_run_main_entry_point(tiny_dataset_two_qps, tracking_store):
     import mlflow
 
     _, exp = tracking_store
     submitted = mlflow.projects.run(
         str(REPO), "main", env_manager="local", experiment_id=exp,
-        parameters={"loss_type": "asymmetric", "data": str(tiny_dataset), "preset": "smoke",
+        parameters={"loss_type": "asymmetric", "data": str(tiny_dataset_two_qps), "preset": "smoke",
                     "batch_size": "16"})
     run = client().get_run(submitted.run_id)
     assert run.info.status == "FINISHED"
@@ -228,30 +230,30 @@ def test_mlflow_run_main_entry_point(tiny_dataset, tracking_store):
 
 
 @pytest.mark.slow
-def test_mlflow_run_with_bad_parameter_is_marked_failed(tiny_dataset, tracking_store):
+def test_mlflow_run_with_bad_parameter_is_marked_failed(tiny_dataset_two_qps, tracking_store):
     import mlflow
     from mlflow.exceptions import ExecutionException
 
     _, exp = tracking_store
     with pytest.raises(ExecutionException):
         mlflow.projects.run(str(REPO), "main", env_manager="local", experiment_id=exp,
-                            parameters={"loss_type": "nope", "data": str(tiny_dataset)})
+                            parameters={"loss_type": "nope", "data": str(tiny_dataset_two_qps)})
     (run,) = client().search_runs([exp])
     assert run.info.status == "FAILED"
     assert "loss_type='nope'" in run.data.tags["av1.failure_reason"]
 
 
-def test_stage1_command_and_explicit_stage1_run(tiny_dataset, tracking_store):
+def test_stage1_command_and_explicit_stage1_run(tiny_dataset_two_qps, tracking_store):
     _, exp = tracking_store
-    assert main(["stage1", "--data", str(tiny_dataset), *SMOKE]) == 0
+    assert main(["stage1", "--data", str(tiny_dataset_two_qps), *SMOKE]) == 0
     (stage1,) = client().search_runs([exp], "tags.`av1.kind` = 'stage1'")
     assert stage1.info.status == "FINISHED"
     assert {"val_f1", "val_roc_auc", "best_val_f1", "test_f1", "best_epoch"} <= set(stage1.data.metrics)
     assert [f.path for f in client().list_artifacts(stage1.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
-    assert train(tiny_dataset, "--stage1", stage1.info.run_id) == 0
+    assert train(tiny_dataset_two_qps, "--stage1", stage1.info.run_id) == 0
     (run,) = stage2_runs(exp, "FINISHED")
     assert run.data.tags["av1.stage1_run_id"] == stage1.info.run_id
     assert run.data.params["cfg.stage1"] == stage1.info.run_id
     # a Stage-1 model of another width is refused before any Stage-2 run exists
-    assert train(tiny_dataset, "--stage1", stage1.info.run_id, "--width", "0.5") == 2
+    assert train(tiny_dataset_two_qps, "--stage1", stage1.info.run_id, "--width", "0.5") == 2
     assert len(stage2_runs(exp)) == 1

@@ -39,7 +39,7 @@ class Stage2Config:
     cb_beta: float = 0.9999  # class-balanced weights (Cui et al. 2019)
     adapter_reduction: int = 4  # Conv-Adapter bottleneck: channels / reduction
     adapter_layers: tuple[str, ...] = ("layer3", "layer4")
-    qp_input: str = "none"  # how the head reads the QP: none, concat or film (models/qp.py)
+    qp_input: str = "concat"  # how the head reads the QP: none, concat or film (models/qp.py)
     finetune: bool = False  # train the backbone too (the `finetune` reference), at lr_adapter
     sampler: str = "balanced"  # class-balanced sampling with replacement, or plain shuffling
     augment: bool = True  # random dihedral transform per block: SPLIT/RECT/AB are invariant to it
@@ -84,7 +84,7 @@ class Stage1Config:
     weight_decay: float = 0.0001
     focal_alpha: float = 0.25
     focal_gamma: float = 2.5
-    qp_input: str = "none"  # how the head reads the QP: none, concat or film (models/qp.py)
+    qp_input: str = "concat"  # how the head reads the QP: none, concat or film (models/qp.py)
     sampler: str = "balanced"
     augment: bool = True
     width: float = 1.0

@@ -1,0 +1,46 @@
+"""How much of the Stage-2 label depends on the QP rather than the pixels?
+
+Counts, in one split of a data set (default: the test split of the embedded
+default), the distinct pixel blocks (identical 16x16 samples, which a picture
+encoded at several QPs repeats once per QP), how many of them carry different
+Stage-2 labels at different QPs (no QP-blind model can get all of those
+right), and the share of each Stage-2 class per qindex.
+
+    python benchmarks/qp_label_conflicts.py [--data DIR] [--split test]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def main() -> int:
+    from av1_ablation.dataset import ensure_dataset, load_store, make_split
+    from av1_ablation.dataset.partitions import STAGE2_NAMES, to_stage2
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="data set (default: the embedded one, built on first use)")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    args = parser.parse_args()
+    store = load_store(ensure_dataset(args.data))
+    idx = np.asarray(getattr(make_split(store, mode="source", seed=0), args.split))
+    y = to_stage2(store.labels[idx])
+    idx, y = idx[y >= 0], y[y >= 0]
+    _, group = np.unique(store.blocks[idx].reshape(len(idx), -1), axis=0, return_inverse=True)
+    group = group.ravel()
+    labels_per_group = [set(y[group == g]) for g in range(group.max() + 1)]
+    conflicting = sum(len(s) > 1 for s in labels_per_group)
+    print(f"{args.split} split of {store.path}: {len(idx)} Stage-2 blocks, {len(labels_per_group)} "
+          f"distinct pixel blocks, {conflicting} of them with different labels at different QPs")
+    q = store.qindex[idx]
+    for value in np.unique(q):
+        counts = np.bincount(y[q == value], minlength=len(STAGE2_NAMES))
+        shares = ", ".join(f"{n} {100 * c / counts.sum():.1f}%" for n, c in zip(STAGE2_NAMES, counts))
+        print(f"  qindex {value}: {counts.sum()} blocks: {shares}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
