@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
+
+from av1_ablation.comparison.statistics import paired_seed_tests
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,8 +82,10 @@ def report(found, seconds: dict[str, float]) -> str:
         if a not in per_seed or b not in per_seed:
             continue
         shared = sorted(set(per_seed[a]) & set(per_seed[b]))
-        d = np.array([per_seed[a][s] - per_seed[b][s] for s in shared]) * 100
-        p = stats.ttest_1samp(d, 0).pvalue if len(d) > 1 and np.ptp(d) > 0 else float("nan")
+        a_scores, b_scores = [per_seed[a][s] for s in shared], [per_seed[b][s] for s in shared]
+        d = (np.array(a_scores) - np.array(b_scores)) * 100
+        p = paired_seed_tests(a_scores, b_scores, min_seeds=2).t_p
+        p = float("nan") if p is None else p
         lines.append(f"{a} - {b}, validation, per seed {shared}: "
                      f"{', '.join(f'{x:+.2f}' for x in d)} pp; mean {d.mean():+.2f} pp, paired t p = {p:.3g}")
     lines.append(f"best on validation: qp_input={best}")

@@ -30,9 +30,12 @@ def main() -> int:
     idx, y = idx[y >= 0], y[y >= 0]
     _, group = np.unique(store.blocks[idx].reshape(len(idx), -1), axis=0, return_inverse=True)
     group = group.ravel()
-    labels_per_group = [set(y[group == g]) for g in range(group.max() + 1)]
-    conflicting = sum(len(s) > 1 for s in labels_per_group)
-    print(f"{args.split} split of {store.path}: {len(idx)} Stage-2 blocks, {len(labels_per_group)} "
+    n_groups = int(group.max()) + 1
+    # distinct (pixel block, label) pairs; a block with two or more of them has a QP-dependent label
+    labels_per_group = np.bincount(np.unique(group * len(STAGE2_NAMES) + y) // len(STAGE2_NAMES),
+                                   minlength=n_groups)
+    conflicting = int(np.sum(labels_per_group > 1))
+    print(f"{args.split} split of {store.path}: {len(idx)} Stage-2 blocks, {n_groups} "
           f"distinct pixel blocks, {conflicting} of them with different labels at different QPs")
     q = store.qindex[idx]
     for value in np.unique(q):
