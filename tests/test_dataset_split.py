@@ -74,3 +74,36 @@ def test_legacy_pt_keeps_its_assignment(tmp_path):
     sp = make_split(st)
     assert np.array_equal(sp.train, np.arange(0, 12, 2)) and np.array_equal(sp.val, np.arange(1, 12, 2))
     assert len(sp.test) == 0 and "train.pt/val.pt" in sp.note
+
+
+def test_folds_test_every_source_once_and_keep_it_out_of_training(tiny_dataset):
+    st = load_store(tiny_dataset)
+    splits = [make_split(st, folds=3, fold=k, seed=1) for k in range(3)]
+    tested = np.concatenate([sp.test for sp in splits])
+    assert np.array_equal(np.sort(tested), np.arange(len(st)))  # every block tested exactly once
+    for k, sp in enumerate(splits):
+        parts = [set(st.source[p].tolist()) for p in (sp.train, sp.val, sp.test)]
+        assert all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+        assert sp.params["folds"] == 3 and sp.params["fold"] == k
+        assert np.array_equal(np.sort(np.concatenate([sp.train, sp.val, sp.test])), np.arange(len(st)))
+    assert make_split(st, folds=3, fold=1, seed=1).fingerprint == splits[1].fingerprint
+    assert len({sp.fingerprint for sp in splits}) == 3
+
+
+def test_one_fold_is_the_single_split(tiny_dataset):
+    st = load_store(tiny_dataset)
+    assert make_split(st, folds=1, fold=0, seed=2).fingerprint == make_split(st, seed=2).fingerprint
+
+
+def test_bad_fold_settings_are_refused(tiny_dataset, tmp_path):
+    st = load_store(tiny_dataset)
+    with pytest.raises(UserError, match="fold=3 must lie in 0..2"):
+        make_split(st, folds=3, fold=3)
+    with pytest.raises(UserError, match="folds=0"):
+        make_split(st, folds=0)
+    with pytest.raises(UserError, match="split_mode=source"):
+        make_split(st, mode="random", folds=2)
+    with pytest.raises(UserError, match="at least 7 sources"):
+        make_split(st, folds=5, fold=0)  # 6 sources
+    with pytest.raises(UserError, match="no sources to deal"):
+        make_split(_store(tmp_path, 2, legacy=True), folds=2)

@@ -4,6 +4,11 @@
 frames and QPs) inside one split. The original pipeline split at block level,
 so neighbouring blocks of one frame, and the same block at other QPs, sat on
 both sides; ``mode="random"`` reproduces that scheme for comparison.
+
+Cross-validation by picture (``folds=K``) deals the sources into K folds of
+about equal blocks; fold ``k`` is the test split, and the validation sources
+are drawn from the other folds, so over the K folds every picture is tested
+exactly once and never seen in training or selection of the fold that tests it.
 """
 from __future__ import annotations
 
@@ -43,7 +48,7 @@ def _make(train, val, test, params, note=None) -> Split:
     return Split(train, val, test, params, _fingerprint(train, val, test), note)
 
 
-def make_split(store, *, mode="source", fractions=(0.7, 0.15, 0.15), seed=0) -> Split:
+def make_split(store, *, mode="source", fractions=(0.7, 0.15, 0.15), seed=0, folds=1, fold=0) -> Split:
     """Split a store's rows into train, val and test.
 
     Parameters
@@ -60,6 +65,13 @@ def make_split(store, *, mode="source", fractions=(0.7, 0.15, 0.15), seed=0) -> 
     fractions : tuple of 3 float, default=(0.7, 0.15, 0.15)
         Target shares of train, val and test (mode "source").
     seed : int, default=0
+    folds : int, default=1
+        ``1``: one split by ``fractions``. ``K >= 2`` (mode "source"): grouped
+        K-fold over sources; the test split is fold ``fold`` and validation
+        takes about ``fractions[1] / (fractions[0] + fractions[1])`` of the
+        remaining blocks, whole sources drawn in a seeded order.
+    fold : int, default=0
+        Which fold is the test split, ``0 <= fold < folds``.
 
     Returns
     -------
@@ -74,6 +86,7 @@ def make_split(store, *, mode="source", fractions=(0.7, 0.15, 0.15), seed=0) -> 
         raise UserError(f"fractions must be 3 non-negative shares (train > 0) summing to 1; got {fractions}")
     base = {"mode": mode, "fractions": list(fractions), "seed": int(seed), "store": store.fingerprint}
     n = len(store.labels)
+    check_folds(folds, fold, mode)
 
     if mode == "random":
         perm = np.random.default_rng(seed).permutation(n)
@@ -83,12 +96,17 @@ def make_split(store, *, mode="source", fractions=(0.7, 0.15, 0.15), seed=0) -> 
 
     legacy = store.manifest.get("legacy_split")
     if legacy is not None:
+        if folds > 1:
+            raise UserError(f"folds={folds}: an imported train.pt/val.pt pair has no sources to deal "
+                            "into folds; use folds=1 with it")
         rows = np.arange(n)
         return _make(rows[store.source == legacy["train"]], rows[store.source == legacy["val"]], [], base,
                      note="imported train.pt/val.pt: their original block-level train/val assignment "
                           "is kept (no source ids); test is empty")
 
     ids, sizes = np.unique(store.source, return_counts=True)
+    if folds > 1:
+        return _fold_split(store, ids, sizes, fractions, seed, folds, fold, base)
     wanted = [k for k in range(3) if fractions[k] > 0]
     if len(ids) < len(wanted):
         raise UserError(f"a source split needs at least {len(wanted)} sources to fill every split; the store "
@@ -102,9 +120,63 @@ def make_split(store, *, mode="source", fractions=(0.7, 0.15, 0.15), seed=0) -> 
         part = wanted[rank] if rank < len(wanted) else int(np.argmax(target - filled))
         assigned[k] = part
         filled[part] += sizes[k]
-    rows = np.arange(n)
+    return _by_source(store, ids, assigned, base)
+
+
+def _by_source(store, ids: np.ndarray, assigned: np.ndarray, params: dict) -> Split:
+    """The split that puts every source ``ids[i]`` in part ``assigned[i]`` (train, val, test)."""
+    rows = np.arange(len(store.labels))
     member = [np.isin(store.source, ids[assigned == part]) for part in range(3)]
     names = {int(s["id"]): s["name"] for s in store.manifest.get("sources", [])}
     groups = {split: [names.get(int(i), int(i)) for i in sorted(ids[assigned == part])]
               for part, split in enumerate(("train", "val", "test"))}
-    return _make(rows[member[0]], rows[member[1]], rows[member[2]], {**base, "sources": groups})
+    return _make(rows[member[0]], rows[member[1]], rows[member[2]], {**params, "sources": groups})
+
+
+def check_folds(folds: int, fold: int, mode: str = "source") -> None:
+    """Refuse a fold setting that names no fold, or K-fold on a block-level split."""
+    if int(folds) != folds or folds < 1:
+        raise UserError(f"folds={folds} must be an integer >= 1 (1 = a single train/val/test split)")
+    if int(fold) != fold or not 0 <= fold < folds:
+        raise UserError(f"fold={fold} must lie in 0..{folds - 1} for folds={folds}")
+    if folds > 1 and mode != "source":
+        raise UserError(f"folds={folds} needs split_mode=source: cross-validation keeps every picture "
+                        "in one fold")
+
+
+def fold_of_sources(sizes: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """The fold of every source: a seeded order, each source to the fold with the fewest blocks
+    so far (ties to the lowest fold), so folds hold about equal blocks and none is empty."""
+    order = np.random.default_rng(seed).permutation(len(sizes))
+    fold_of = np.empty(len(sizes), dtype=np.int64)
+    filled = np.zeros(folds)
+    for rank, k in enumerate(order):
+        part = rank if rank < folds else int(np.argmin(filled))
+        fold_of[k] = part
+        filled[part] += sizes[k]
+    return fold_of
+
+
+def _fold_split(store, ids, sizes, fractions, seed, folds, fold, base) -> Split:
+    if len(ids) < folds + 2:
+        raise UserError(f"folds={folds} needs at least {folds + 2} sources (one per fold, and a training "
+                        f"and a validation source besides the test fold); the store has {len(ids)}; "
+                        "use fewer folds or a larger data set")
+    fold_of = fold_of_sources(sizes, folds, seed)
+    assigned = np.where(fold_of == fold, 2, 0)
+    rest = np.flatnonzero(fold_of != fold)
+    val_share = fractions[1] / (fractions[0] + fractions[1])
+    # A seeded draw per fold; sources go to validation until it holds its share of the
+    # remaining blocks, keeping at least one source on each side.
+    order = rest[np.random.default_rng([seed, fold]).permutation(len(rest))]
+    target, taken = val_share * sizes[rest].sum(), 0
+    for rank, k in enumerate(order[:-1]):
+        if rank > 0 and taken >= target:
+            break
+        assigned[k], taken = 1, taken + sizes[k]
+    return _by_source(store, ids, assigned, {**base, "folds": int(folds), "fold": int(fold)})
+
+
+def pooled_fingerprint(fingerprints: list[str]) -> str:
+    """One fingerprint for the K splits of a cross-validation (in fold order)."""
+    return hashlib.sha256(",".join(fingerprints).encode()).hexdigest()

@@ -44,14 +44,20 @@ REFERENCES_RUN_NAME = "references"
 COMPARE_RUN_NAME = "compare"
 
 
-def arm_run_name(loss_type: str, seed: int) -> str:
-    """The run name of one loss arm: ``poly-seed42``."""
-    return f"{loss_type}-seed{seed}"
+def _fold_suffix(folds: int, fold: int) -> str:
+    return f"-fold{fold}" if folds > 1 else ""
 
 
-def reference_run_name(name: str, seed: int) -> str:
-    """The run name of one reference model: ``reference-gbm-seed42``."""
-    return f"reference-{name}-seed{seed}"
+def arm_run_name(loss_type: str, seed: int, folds: int = 1, fold: int = 0) -> str:
+    """The run name of one loss arm: ``poly-seed42``, or ``poly-seed42-fold3`` in a
+    cross-validation."""
+    return f"{loss_type}-seed{seed}{_fold_suffix(folds, fold)}"
+
+
+def reference_run_name(name: str, seed: int, folds: int = 1, fold: int = 0) -> str:
+    """The run name of one reference model: ``reference-gbm-seed42`` (``-fold3`` in a
+    cross-validation)."""
+    return f"reference-{name}-seed{seed}{_fold_suffix(folds, fold)}"
 
 
 # --------------------------------------------------------------------------- tags

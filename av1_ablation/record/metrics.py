@@ -36,6 +36,7 @@ LABELS: list[int] = list(range(N_CLASSES))
 
 __all__ = [
     "N_CLASSES",
+    "split_metrics",
     "binary_metrics",
     "check_labels",
     "check_pair",
@@ -377,3 +378,15 @@ def flatten_per_qp(per_qp_values: dict[int, dict[str, float]]) -> dict[str, floa
     """MLflow metric keys ``q<qindex>_macro_f1`` and ``q<qindex>_f1_<class>``."""
     keys = (COUNT, MACRO_F1, *(per_class(F1, k) for k in CLASS_KEYS))
     return {per_qp(q, k): m[k] for q, m in per_qp_values.items() for k in keys}
+
+
+def split_metrics(y_true, proba, qindex, *, prefix: str = "") -> dict[str, float]:
+    """The Stage-2 metric contract of one split: :func:`classification_metrics` of the
+    arg-max class, :func:`calibration_metrics` and the flattened :func:`per_qp_metrics`,
+    every key prefixed. Training runs log it; the comparison recomputes it for pooled folds."""
+    proba = np.asarray(proba)
+    pred = proba.argmax(1)
+    per_qp = flatten_per_qp(per_qp_metrics(y_true, pred, qindex))
+    return {**classification_metrics(y_true, pred, prefix=prefix),
+            **calibration_metrics(y_true, proba, prefix=prefix),
+            **{prefix + key: v for key, v in per_qp.items()}}

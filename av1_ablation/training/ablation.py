@@ -4,9 +4,10 @@
     mlflow run . -e ablation
 
 Everything but ``loss_type`` and ``seed`` is shared by the children, including
-one Stage-1 backbone, resolved once. A second invocation skips children that
-already FINISHED with identical parameters (they are linked to the new parent
-through its ``av1.children`` tag). With ``--jobs N > 1`` children run in
+one Stage-1 backbone, resolved once. ``--folds K`` runs every loss and seed on
+each of K folds by picture (one backbone per fold), so every picture is tested
+once. A second invocation skips children that already FINISHED with identical
+parameters (they are linked to the new parent through its ``av1.children`` tag). With ``--jobs N > 1`` children run in
 parallel processes that write through a local tracking server, because SQLite
 is not safe for many writers.
 """
@@ -38,7 +39,7 @@ from av1_ablation.record.contract import (ABLATION_RUN_NAME, BEST_LOSS_TAG, BEST
                                           arm_run_name, cfg_param)
 from av1_ablation.training import config as config_mod
 from av1_ablation.training.config import STAGE2_PRESETS, Stage2Config
-from av1_ablation.training.data import load_split_data
+from av1_ablation.training.data import cross_validation_tags, load_split_data
 from av1_ablation.training.lifecycle import (experiment_id, fails_pending_run, finished_runs, log_new_params,
                                              tracked_run)
 from av1_ablation.training.stage1 import resolve_stage1
@@ -47,8 +48,8 @@ from av1_ablation.training.threads import default_threads
 
 # workers import the same code as this process, installed or not
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
-# The ablation's own variables: every child gets one pair (--losses x --seeds).
-ARM_FIELDS = ("loss_type", "seed")
+# The ablation's own variables: every child gets one of each (--losses x --seeds x folds).
+ARM_FIELDS = ("loss_type", "seed", "fold")
 
 
 def configure(parser) -> None:
@@ -92,29 +93,32 @@ def run_ablation(base: Stage2Config, losses: list[str], seeds: list[int], *, job
                  threads: int | None = None):
     """Train the missing children under one parent; returns (parent run id, failed child names).
 
+    With ``base.folds = K > 1`` every loss and seed is trained once per fold, each fold on
+    a Stage-1 backbone of its own (trained on that fold's training pictures only).
     ``threads``: CPU threads of each child trained in a process of its own (default: the
     cores divided by ``jobs``)."""
-    data = load_split_data(base, to_stage2)
-    data.check_qp_input(base.qp_input)
-    with tracked_run(kind=KIND_ABLATION, run_name=ABLATION_RUN_NAME, tags=data.tags()) as parent:
+    data = {k: load_split_data(dataclasses.replace(base, fold=k), to_stage2) for k in range(base.folds)}
+    with tracked_run(kind=KIND_ABLATION, run_name=ABLATION_RUN_NAME,
+                     tags=cross_validation_tags(list(data.values()))) as parent:
         log_new_params({LOSSES_PARAM: ",".join(losses), SEEDS_PARAM: ",".join(map(str, seeds)),
                         JOBS_PARAM: str(jobs), **config_mod.to_params(base)})
-        stage1 = resolve_stage1(base.stage1, data=data, width=base.width, device=base.device,
-                                preset=base.preset, qp_input=base.qp_input)
-        mlflow.set_tag(STAGE1_RUN_TAG, stage1.run_id or "")
-        arms = [dataclasses.replace(base, loss_type=loss, seed=seed,
-                                    stage1=stage1.run_id or stage1.source)
-                for loss in losses for seed in seeds]
-        done = {i: run_id for i, cfg in enumerate(arms) if (run_id := finished_twin(cfg, data))}
+        stage1 = {k: resolve_stage1(base.stage1, data=d, width=base.width, device=base.device,
+                                    preset=base.preset, qp_input=base.qp_input) for k, d in data.items()}
+        mlflow.set_tag(STAGE1_RUN_TAG, ",".join(s.run_id or "" for s in stage1.values()))
+        arms = [dataclasses.replace(base, loss_type=loss, seed=seed, fold=k,
+                                    stage1=stage1[k].run_id or stage1[k].source)
+                for k in data for loss in losses for seed in seeds]
+        done = {i: run_id for i, cfg in enumerate(arms) if (run_id := finished_twin(cfg, data[cfg.fold]))}
         todo = [cfg for i, cfg in enumerate(arms) if i not in done]
         print(f"ablation: {len(arms)} children, {len(done)} already finished, {len(todo)} to train")
         child_ids = {cfg: MlflowClient().create_run(
-            experiment_id(), run_name=arm_run_name(cfg.loss_type, cfg.seed),
+            experiment_id(), run_name=arm_run_name(cfg.loss_type, cfg.seed, cfg.folds, cfg.fold),
             tags={PARENT_RUN_TAG: parent.info.run_id, KIND_TAG: KIND_STAGE2}).info.run_id for cfg in todo}
         mlflow.set_tags({CHILDREN_TAG: ",".join([*done.values(), *child_ids.values()]),
                          REUSED_CHILDREN_TAG: ",".join(done.values())})
         if jobs == 1:
-            failed = [name for cfg, rid in child_ids.items() if (name := _train_in_process(cfg, rid, data))]
+            failed = [name for cfg, rid in child_ids.items()
+                      if (name := _train_in_process(cfg, rid, data[cfg.fold]))]
         else:
             failed = _train_in_subprocesses(child_ids, jobs, threads or default_threads(jobs))
         log_parent_summary([*done.values(), *child_ids.values()])
@@ -135,7 +139,7 @@ def finished_twin(cfg: Stage2Config, data) -> str | None:
 
 
 def _train_in_process(cfg: Stage2Config, run_id: str, data) -> str | None:
-    name = arm_run_name(cfg.loss_type, cfg.seed)
+    name = arm_run_name(cfg.loss_type, cfg.seed, cfg.folds, cfg.fold)
     try:
         train_stage2(cfg, run_id=run_id, stage1_run_id=cfg.stage1, data=data)
     except Exception as exc:  # the child is already marked FAILED with the reason
@@ -162,7 +166,7 @@ def _train_in_subprocesses(child_ids: dict, jobs: int, threads: int) -> list[str
         ok = subprocess.run(args, env=env).returncode == 0
         if not ok and MlflowClient().get_run(run_id).info.status == "RUNNING":
             MlflowClient().set_terminated(run_id, "FAILED")
-        return None if ok else arm_run_name(cfg.loss_type, cfg.seed)
+        return None if ok else arm_run_name(cfg.loss_type, cfg.seed, cfg.folds, cfg.fold)
 
     with tracking_server_for_workers():
         with ThreadPoolExecutor(max_workers=jobs) as pool:

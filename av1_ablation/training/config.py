@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 
+from av1_ablation.dataset.split import check_folds
 from av1_ablation.errors import UserError
 from av1_ablation.models.qp import QP_INPUTS
 from av1_ablation.record.contract import cfg_param
@@ -47,6 +48,8 @@ class Stage2Config:
     data: str = ""  # data-set directory; "" = the embedded default data set
     split_mode: str = "source"
     split_seed: int = 0
+    folds: int = 1  # K >= 2: grouped K-fold over pictures (dataset/split.py)
+    fold: int = 0  # the fold this run tests
     stage1: str = "auto"  # a Stage-1 run id, a checkpoint path, or "auto"
     device: str = "auto"
 
@@ -91,6 +94,8 @@ class Stage1Config:
     data: str = ""
     split_mode: str = "source"
     split_seed: int = 0
+    folds: int = 1
+    fold: int = 0
     device: str = "auto"
 
     def __post_init__(self):
@@ -222,6 +227,7 @@ def _validate_common(cfg) -> None:
         raise UserError(f"qp_input={cfg.qp_input!r} is not one of {', '.join(QP_INPUTS)}")
     if cfg.split_mode not in SPLIT_MODES:
         raise UserError(f"split_mode={cfg.split_mode!r} is not one of {', '.join(SPLIT_MODES)}")
+    check_folds(cfg.folds, cfg.fold, cfg.split_mode)
     if cfg.width > 4:
         raise UserError(f"width={cfg.width} is too large; 1.0 is the paper's model")
     if getattr(cfg, "patience", 0) < 0:

@@ -64,12 +64,27 @@ class SplitData:
 
 
 def load_split_data(cfg, to_target) -> SplitData:
-    """Load ``cfg.data`` (building the embedded default on first use), split it, and keep
-    the blocks that ``to_target`` maps to a class (targets < 0 are dropped)."""
+    """Load ``cfg.data`` (building the embedded default on first use), split it (fold
+    ``cfg.fold`` of ``cfg.folds``), keep the blocks that ``to_target`` maps to a class
+    (targets < 0 are dropped), and check that ``cfg.qp_input`` can be learnt from them."""
     from av1_ablation.dataset import ensure_dataset, load_store, make_split
 
     store = load_store(ensure_dataset(cfg.data or None))
-    return select(store, make_split(store, mode=cfg.split_mode, seed=cfg.split_seed), to_target)
+    split = make_split(store, mode=cfg.split_mode, seed=cfg.split_seed, folds=cfg.folds, fold=cfg.fold)
+    data = select(store, split, to_target)
+    data.check_qp_input(cfg.qp_input)
+    return data
+
+
+def cross_validation_tags(folds: list[SplitData]) -> dict[str, str]:
+    """The data tags of work that spans every fold (an ablation parent): the split
+    fingerprint becomes the fingerprint of the K splits."""
+    from av1_ablation.dataset import pooled_fingerprint
+
+    tags = folds[0].tags()
+    if len(folds) > 1:
+        tags[SPLIT_FINGERPRINT_TAG] = pooled_fingerprint([d.split.fingerprint for d in folds])
+    return tags
 
 
 def select(store, split, to_target) -> SplitData:

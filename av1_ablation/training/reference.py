@@ -33,7 +33,7 @@ from av1_ablation.record.contract import (BEST_VAL, GBM_ITERATIONS, KIND_REFEREN
                                           TEST, TEST_F1_AB, TRAIN_SECONDS, reference_run_name)
 from av1_ablation.training import config as config_mod
 from av1_ablation.training.config import STAGE2_PRESETS, Stage2Config
-from av1_ablation.training.data import load_split_data, log_dataset_input
+from av1_ablation.training.data import cross_validation_tags, load_split_data, log_dataset_input
 from av1_ablation.training.lifecycle import (environment_tags, experiment_id, fails_pending_run,
                                              log_new_params, tracked_run)
 from av1_ablation.training.stage2 import RunLabels, log_evaluation, train_stage2
@@ -46,9 +46,9 @@ STATISTICS = (
     "grad_h", "grad_v", "grad_diag",
     "diff_top_bottom", "diff_left_right", "spread_quadrants",
 )
-# Set by the command itself: every reference uses the baseline loss, and finetune alone
-# trains the backbone.
-FIXED_FIELDS = ("loss_type", "finetune")
+# Set by the command itself: every reference uses the baseline loss, finetune alone
+# trains the backbone, and with --folds K every fold is fitted.
+FIXED_FIELDS = ("loss_type", "finetune", "fold")
 
 
 def configure(parser) -> None:
@@ -65,21 +65,23 @@ def run(args) -> int:
             raise UserError(f"models={args.models!r}: unknown {unknown or '(none given)'}; "
                             f"choose from {', '.join(REFERENCES)}")
         cfg = config_mod.from_args(Stage2Config, args, STAGE2_PRESETS, **dict.fromkeys(FIXED_FIELDS))
-        data = load_split_data(cfg, to_stage2)
-        data.check_qp_input(cfg.qp_input)
+        folds = [dataclasses.replace(cfg, fold=k) for k in range(cfg.folds)]
+        data = [load_split_data(c, to_stage2) for c in folds]
     # `mlflow run` made one run for this command: it becomes the parent of the references
-    with tracked_run(kind=KIND_REFERENCES, run_name=REFERENCES_RUN_NAME, tags=data.tags()) as parent:
+    with tracked_run(kind=KIND_REFERENCES, run_name=REFERENCES_RUN_NAME,
+                     tags=cross_validation_tags(data)) as parent:
         log_new_params({MODELS_PARAM: ",".join(names), **config_mod.to_params(cfg)})
-        for name in dict.fromkeys(names):
-            run_id = train_reference(name, cfg, data, parent_id=parent.info.run_id)
-            print(f"reference {name}: run {run_id}")
+        for fold_cfg, fold_data in zip(folds, data):
+            for name in dict.fromkeys(names):
+                run_id = train_reference(name, fold_cfg, fold_data, parent_id=parent.info.run_id)
+                print(f"reference {name}{f' (fold {fold_cfg.fold})' if cfg.folds > 1 else ''}: run {run_id}")
     return 0
 
 
 def train_reference(name: str, cfg: Stage2Config, data, *, parent_id: str | None = None) -> str:
     """Train and record one reference model; returns its run id."""
     tags = {REFERENCE_TAG: name, **({PARENT_RUN_TAG: parent_id} if parent_id else {})}
-    run_name = reference_run_name(name, cfg.seed)
+    run_name = reference_run_name(name, cfg.seed, cfg.folds, cfg.fold)
     if name == "finetune":
         from mlflow.tracking import MlflowClient
 

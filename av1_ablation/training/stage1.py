@@ -50,7 +50,6 @@ def run(args) -> int:
     with fails_pending_run():
         cfg = config_mod.from_args(Stage1Config, args, STAGE1_PRESETS)
         data = load_split_data(cfg, to_stage1)
-        data.check_qp_input(cfg.qp_input)
     run_id = train_stage1(cfg, data)
     print(f"Stage-1 run {run_id} finished")
     return 0
@@ -190,7 +189,9 @@ def train_stage1_for(data: SplitData, width: float, device: str, preset: str,
                                             "qp_input": qp_input,
                                             "data": str(data.store.path),
                                             "split_mode": data.split.params.get("mode", "source"),
-                                            "split_seed": data.split.params.get("seed", 0)},
+                                            "split_seed": data.split.params.get("seed", 0),
+                                            "folds": data.split.params.get("folds", 1),
+                                            "fold": data.split.params.get("fold", 0)},
                              STAGE1_PRESETS)
     print(f"stage1=auto: no Stage-1 run for this data set, split, width {width} and qp_input "
           f"{qp_input}; training one "

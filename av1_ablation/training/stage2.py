@@ -32,8 +32,7 @@ from av1_ablation.record.contract import (BEST_VAL, CLASS_KEYS, ECE, F1, FAILURE
                                           STOPPED_EARLY, TEST, THROUGHPUT, VAL, VAL_LOSS, arm_run_name,
                                           confusion_figure_file, parameter_count_metric, per_class)
 from av1_ablation.record.figures import confusion_figure, per_qp_figure
-from av1_ablation.record.metrics import (calibration_metrics, classification_metrics, flatten_per_qp,
-                                         per_qp_metrics)
+from av1_ablation.record.metrics import classification_metrics, per_qp_metrics, split_metrics
 from av1_ablation.training import config as config_mod
 from av1_ablation.training.config import STAGE2_PRESETS, Stage2Config
 from av1_ablation.training.data import SplitData, load_split_data, log_dataset_input, resolve_device
@@ -87,7 +86,6 @@ def train_stage2(cfg: Stage2Config, *, run_id: str | None = None, labels: RunLab
     with fails_pending_run(run_id):
         device = resolve_device(cfg.device)
         data = data or load_split_data(cfg, to_stage2)
-        data.check_qp_input(cfg.qp_input)
         stage1 = resolve_stage1(stage1_run_id or cfg.stage1, data=data, width=cfg.width,
                                 device=cfg.device, preset=cfg.preset, qp_input=cfg.qp_input)
         backbone = stage1.backbone(cfg.width)
@@ -97,7 +95,7 @@ def train_stage2(cfg: Stage2Config, *, run_id: str | None = None, labels: RunLab
             STAGE1_SOURCE_TAG: stage1.source, LOSS_TYPE_TAG: cfg.loss_type, **labels.tags}
     resume_points = ResumePoints()
     with tracked_run(kind=labels.kind, run_id=resume[0] if resume else run_id,
-                     run_name=labels.name or arm_run_name(cfg.loss_type, cfg.seed), tags=tags,
+                     run_name=labels.name or arm_run_name(cfg.loss_type, cfg.seed, cfg.folds, cfg.fold), tags=tags,
                      on_interrupt=resume_points.log) as run:
         if resume is None:
             log_new_params({LOSS_TYPE_PARAM: cfg.loss_type, SEED_PARAM: str(cfg.seed),
@@ -226,14 +224,11 @@ def log_evaluation(data: SplitData, split_name: str, prefix: str, y: np.ndarray,
     pred = proba.argmax(1)
     idx = data.index[split_name]
     qindex = data.store.qindex[idx]
-    metrics = {**classification_metrics(y, pred, prefix=prefix),
-               **calibration_metrics(y, proba, prefix=prefix)}
-    per_qp = per_qp_metrics(y, pred, qindex)
-    metrics.update({prefix + key: v for key, v in flatten_per_qp(per_qp).items()})
+    metrics = split_metrics(y, proba, qindex, prefix=prefix)
     log_predictions(split_name, idx, y, proba, qindex=qindex, cluster=data.store.source[idx])
     log_figure(confusion_figure(y, pred, title=title), confusion_figure_file(split_name))
     if split_name == "test":
-        log_figure(per_qp_figure(per_qp, title=f"{title}: per QP"), PER_QP_FIGURE)
+        log_figure(per_qp_figure(per_qp_metrics(y, pred, qindex), title=f"{title}: per QP"), PER_QP_FIGURE)
     return metrics
 
 
