@@ -81,14 +81,21 @@ def test_stage1_checkpoints_record_their_qp_input(qp_input, tmp_path):
     assert load_stage1_model(path).head.qp_input == qp_input
 
 
-def test_macro_f1_of_the_cluster_bootstrap_equals_scikit_learn():
-    from av1_ablation.comparison.context import _macro_f1
+def test_one_model_cluster_interval_brackets_its_macro_f1_and_widens_with_clusters():
+    from av1_ablation.comparison.statistics import bootstrap_macro_f1
 
     rng = np.random.default_rng(0)
-    for n in (5, 50, 500):
-        y, p = rng.integers(0, 3, n), rng.integers(0, 3, n)
-        assert _macro_f1(y, p) == pytest.approx(f1_score(y, p, average="macro", labels=[0, 1, 2],
-                                                         zero_division=0))
+    y = rng.integers(0, 3, 400)
+    p = np.where(rng.random(400) < 0.6, y, rng.integers(0, 3, 400))
+    f1 = f1_score(y, p, average="macro", labels=[0, 1, 2], zero_division=0)
+    blocks = bootstrap_macro_f1(y, p, n_resamples=500, random_state=0)
+    clusters = bootstrap_macro_f1(y, p, clusters=np.arange(400) // 40, n_resamples=500, random_state=0)
+    assert blocks[0] < f1 < blocks[1] and clusters[0] < f1 < clusters[1]
+    # the same blocks twice, in one cluster each pair: blocks look twice as many as they are
+    y2, p2 = np.repeat(y, 2), np.repeat(p, 2)
+    naive = bootstrap_macro_f1(y2, p2, n_resamples=500, random_state=0)
+    paired = bootstrap_macro_f1(y2, p2, clusters=np.repeat(np.arange(400), 2), n_resamples=500, random_state=0)
+    assert paired[1] - paired[0] > 1.2 * (naive[1] - naive[0])
 
 
 def test_block_statistics_are_the_documented_columns():
@@ -167,7 +174,7 @@ def test_references_and_context_table(tiny_dataset_two_qps, tracking_store, tmp_
     summary = json.loads((out / "summary.json").read_text())
     table = summary["groups"][0]["context"]["table"]
     assert [r["model"] for r in table] == ["prior", "gbm", "finetune", "baseline", "poly"]
-    assert all(r["ci_low"] <= r["test_macro_f1"] <= r["ci_high"] or r["ci_low"] is None for r in table)
+    assert all(r["ci_low"] is None or r["ci_low"] <= r["test_macro_f1"] <= r["ci_high"] for r in table)
     assert "prior" in summary["groups"][0]["context"]["sentence"]
     assert (out / "figures" / "per_qp.png").is_file()
     assert "### Context" in (out / "report.md").read_text()

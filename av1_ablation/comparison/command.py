@@ -23,6 +23,7 @@ from pathlib import Path
 
 from av1_ablation.comparison.report import (PRIMARY_TESTS, RESAMPLE_UNITS, Comparison, md_table as _md,
                                             render_markdown, render_text, summarise, tables)
+from av1_ablation.comparison.folds import pool_selection
 from av1_ablation.comparison.runs import Selection, check_comparable, group_records, load_runs
 from av1_ablation.dataset.atomic import atomic_directory
 from av1_ablation.errors import UserError
@@ -88,7 +89,8 @@ def _check_args(args) -> None:
 def compare(args) -> tuple[Selection, list[Comparison]]:
     """Load, check and summarise the runs named by the parsed arguments."""
     _check_args(args)
-    selection = load_runs(parent=args.parent, experiment=args.experiment, filter_string=args.filter_string)
+    selection = pool_selection(load_runs(parent=args.parent, experiment=args.experiment,
+                                         filter_string=args.filter_string))
     groups = group_records(selection.records, args.group_by)
     comparisons = []
     for label, records in groups.items():
@@ -109,10 +111,10 @@ class Context:
     per_qp_models: dict  # name -> runs drawn in the per-QP figure
 
 
-def build_context(c: Comparison, args) -> Context:
+def build_context(c: Comparison, args, experiment_id: str) -> Context:
     from av1_ablation.comparison.context import context_sentence, context_table, load_references
 
-    references = load_references([r for runs in c.records.values() for r in runs])
+    references = load_references([r for runs in c.records.values() for r in runs], experiment_id)
     table = context_table(c.records, references, n_resamples=max(100, args.n_resamples // 5),
                           random_state=args.bootstrap_seed)
     shown = {c.winner: c.records[c.winner], c.reference: c.records.get(c.reference, []),
@@ -234,7 +236,7 @@ def run(args) -> int:
     for item in selection.left_out:
         print(f"left out: run {item['run_id']} ({item['loss_type']}, seed {item['seed']}): {item['reason']}")
     print(f"compared {len(selection.records)} runs: {selection.description}\n")
-    contexts = [build_context(c, args) for c in comparisons]
+    contexts = [build_context(c, args, selection.experiment_id) for c in comparisons]
     for c, ctx in zip(comparisons, contexts):
         print(render_text(c) + "\n")
         print(render_context_text(ctx) + "\n")

@@ -10,78 +10,55 @@ below the ``prior`` floor, between it and ``gbm``, or above ``gbm``.
 """
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from av1_ablation.comparison.runs import RunRecord, _client, _search, read_test_predictions
-from av1_ablation.comparison.statistics import macro_f1_from_confusion
+from av1_ablation.comparison.folds import pool_folds
+from av1_ablation.comparison.runs import FOLDS_PARAM, RunRecord, _client, _search, read_records
+from av1_ablation.comparison.statistics import bootstrap_macro_f1
 from av1_ablation.dataset.partitions import STAGE2_NAMES
 from av1_ablation.record.contract import (CLASS_KEYS, CLUSTER, DATASET_FINGERPRINT_TAG, ECE, F1,
-                                          KIND_REFERENCE, REFERENCE_MODELS, REFERENCE_TAG, SEED_PARAM,
+                                          KIND_REFERENCE, REFERENCE_MODELS, REFERENCE_TAG,
                                           SPLIT_FINGERPRINT_TAG, TEST, TEST_MACRO_F1, Y_PRED, Y_TRUE,
                                           cfg_param, kind_clause, param_clause, parse_per_qp, per_class,
                                           tag_clause)
 
-MATCH_TAGS = (DATASET_FINGERPRINT_TAG, SPLIT_FINGERPRINT_TAG)
-MATCH_PARAMS = (cfg_param("qp_input"),)
+MATCH_PARAMS = (cfg_param("qp_input"), FOLDS_PARAM)
 
 
-def load_references(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
-    """FINISHED reference runs with the arms' data set, split and QP input: name -> runs
-    (newest per seed), each with its test predictions."""
+def load_references(records: list[RunRecord], experiment_id: str) -> dict[str, list[RunRecord]]:
+    """FINISHED reference runs with the arms' data set, split (or cross-validation) and QP
+    input: name -> runs (newest per seed, folds pooled), each with its test predictions."""
     if not records:
         return {}
     client = _client()
-    exp_id = client.get_run(records[0].run_id).info.experiment_id
     first = records[0]
-    clauses = [kind_clause(KIND_REFERENCE), "attributes.status = 'FINISHED'"]
-    clauses += [tag_clause(t, first.tags.get(t, "")) for t in MATCH_TAGS]
-    clauses += [param_clause(p, first.params.get(p, "none")) for p in MATCH_PARAMS]
-    found: dict[str, list[RunRecord]] = {}
-    seen = set()
-    with tempfile.TemporaryDirectory(prefix="av1-context-") as tmp:
-        for run in _search(client, exp_id, " and ".join(clauses)):  # newest first
-            name, seed = run.data.tags.get(REFERENCE_TAG, "?"), run.data.params.get(SEED_PARAM, "?")
-            if (name, seed) in seen:
-                continue
-            predictions = read_test_predictions(client, run.info.run_id, Path(tmp) / run.info.run_id)
-            if predictions is None:
-                continue
-            seen.add((name, seed))
-            found.setdefault(name, []).append(RunRecord(
-                run_id=run.info.run_id, run_name=run.info.run_name or name, loss_type=name,
-                seed=int(float(seed)), params=dict(run.data.params), tags=dict(run.data.tags),
-                metrics=dict(run.data.metrics), predictions=predictions))
-    order = (*REFERENCE_MODELS, *sorted(set(found) - set(REFERENCE_MODELS)))
-    return {n: found[n] for n in order if n in found}
-
-
-def _macro_f1(y: np.ndarray, pred: np.ndarray, n: int = len(STAGE2_NAMES)) -> float:
-    """Macro-F1 from a bincount confusion matrix: the bootstrap calls it thousands of times."""
-    return float(macro_f1_from_confusion(np.bincount(y * n + pred, minlength=n * n).reshape(n, n)))
+    clauses = [kind_clause(KIND_REFERENCE), "attributes.status = 'FINISHED'",
+               tag_clause(DATASET_FINGERPRINT_TAG, first.tags.get(DATASET_FINGERPRINT_TAG, ""))]
+    clauses += [param_clause(p, first.params.get(p, default)) for p, default in zip(MATCH_PARAMS, ("none", "1"))]
+    runs = _search(client, experiment_id, " and ".join(clauses))  # newest first
+    found, _ = read_records(client, runs, True, name_of=lambda run: run.data.tags.get(REFERENCE_TAG))
+    pooled, _ = pool_folds(found)
+    split = first.tags.get(SPLIT_FINGERPRINT_TAG)
+    by_name: dict[str, list[RunRecord]] = {}
+    for r in pooled:
+        if r.tags.get(SPLIT_FINGERPRINT_TAG) == split:
+            by_name.setdefault(r.loss_type, []).append(r)
+    order = (*REFERENCE_MODELS, *sorted(set(by_name) - set(REFERENCE_MODELS)))
+    return {n: by_name[n] for n in order if n in by_name}
 
 
 def cluster_bootstrap_ci(runs: list[RunRecord], *, n_resamples: int = 2000, random_state: int = 0,
                          level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of the mean test macro-F1 of ``runs`` when test pictures
-    (``cluster``) are resampled with replacement; NaN where predictions carry no cluster."""
+    (``cluster``) are resampled with replacement; NaN where predictions carry no cluster or
+    all test blocks come from one picture."""
     frames = [r.predictions for r in runs]
-    if any(f is None or CLUSTER not in f.columns for f in frames):
+    if any(f is None or CLUSTER not in f.columns for f in frames) or frames[0][CLUSTER].nunique() < 2:
         return float("nan"), float("nan")
-    clusters = frames[0][CLUSTER].to_numpy()
-    members = [np.flatnonzero(clusters == c) for c in np.unique(clusters)]
-    ys = [f[Y_TRUE].to_numpy() for f in frames]
-    preds = [f[Y_PRED].to_numpy() for f in frames]
-    rng = np.random.default_rng(random_state)
-    stats = np.empty(n_resamples)
-    for b in range(n_resamples):
-        rows = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
-        stats[b] = np.mean([_macro_f1(y[rows], p[rows]) for y, p in zip(ys, preds)])
-    tail = (1 - level) / 2
-    return float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail))
+    return bootstrap_macro_f1(frames[0][Y_TRUE].to_numpy(), np.vstack([f[Y_PRED].to_numpy() for f in frames]),
+                              clusters=frames[0][CLUSTER].to_numpy(), n_resamples=n_resamples,
+                              confidence_level=level, random_state=random_state)
 
 
 def context_table(arms: dict[str, list[RunRecord]], references: dict[str, list[RunRecord]], *,

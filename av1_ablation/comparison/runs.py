@@ -32,6 +32,7 @@ from av1_ablation.record.contract import (BLOCK_INDEX, CFG_PREFIX, CHILDREN_TAG,
 # The ablation's own variables, and fields that do not change what is learned.
 # cfg.data is a local path; the data set itself is compared by its fingerprint tag.
 NON_EXPERIMENTAL_PARAMS = frozenset(map(cfg_param, ("loss_type", "seed", "device", "eval_batch_size", "data")))
+FOLDS_PARAM, FOLD_PARAM = cfg_param("folds"), cfg_param("fold")
 FINISHED = "FINISHED"
 
 
@@ -177,7 +178,7 @@ def load_runs(*, parent: str | None = None, experiment: str | None = None,
     runs = _search_arms(client, exp_id, parent, filter_string)
     if filter_string:
         description += f" matching {filter_string!r}"
-    records, left_out = _records(client, runs, with_predictions)
+    records, left_out = read_records(client, runs, with_predictions)
     if not records:
         raise UserError(f"no finished Stage-2 runs found ({description}); run the ablation first "
                         "(`mlflow run . -e ablation`) or point --experiment/--parent/--filter at it")
@@ -226,34 +227,40 @@ def _search_arms(client, exp_id: str, parent: str | None, filter_string: str | N
     return runs
 
 
-def _records(client, runs: list, with_predictions: bool) -> tuple[list[RunRecord], list[dict[str, str]]]:
-    """The usable runs as records (the newest of each loss and seed) and the left-out ones."""
+def _loss_type(run) -> str | None:
+    return run.data.params.get(LOSS_TYPE_PARAM)
+
+
+def read_records(client, runs: list, with_predictions: bool,
+                 name_of=_loss_type) -> tuple[list[RunRecord], list[dict[str, str]]]:
+    """The usable runs as records (the newest of each name, seed and fold; ``name_of(run)``
+    names the arm, by default its loss type) and the left-out ones with the reason."""
     records, left_out, seen = [], [], set()
     with tempfile.TemporaryDirectory(prefix="av1-compare-") as tmp:
         for run in runs:
-            rid, p = run.info.run_id, run.data.params
-            label = {"run_id": rid, "loss_type": p.get(LOSS_TYPE_PARAM, "?"), "seed": p.get(SEED_PARAM, "?")}
+            rid, p, name = run.info.run_id, run.data.params, name_of(run)
+            label = {"run_id": rid, "loss_type": name or "?", "seed": p.get(SEED_PARAM, "?")}
             if run.info.status != FINISHED:
                 left_out.append({**label, "reason": f"status {run.info.status}"})
                 continue
-            if LOSS_TYPE_PARAM not in p or SEED_PARAM not in p:
+            if name is None or SEED_PARAM not in p:
                 left_out.append({**label, "reason": "no loss_type/seed params"})
                 continue
-            key = (p[LOSS_TYPE_PARAM], p[SEED_PARAM])
+            key = (name, p[SEED_PARAM], p.get(FOLDS_PARAM, "1"), p.get(FOLD_PARAM, "0"))
             if key in seen:
-                left_out.append({**label, "reason": "older duplicate of the same loss_type and seed"})
+                left_out.append({**label, "reason": "older duplicate of the same loss_type, seed and fold"})
                 continue
             seen.add(key)
-            records.append(_record(client, run, Path(tmp) / rid if with_predictions else None))
+            records.append(_record(client, run, name, Path(tmp) / rid if with_predictions else None))
     return records, left_out
 
 
-def _record(client, run, predictions_dir: Path | None) -> RunRecord:
+def _record(client, run, name: str, predictions_dir: Path | None) -> RunRecord:
     """One run as a record; its test predictions are read into ``predictions_dir`` (None:
     not read)."""
     rid, p = run.info.run_id, run.data.params
     record = RunRecord(
-        run_id=rid, run_name=run.info.run_name or rid[:8], loss_type=p[LOSS_TYPE_PARAM],
+        run_id=rid, run_name=run.info.run_name or rid[:8], loss_type=name,
         seed=int(float(p[SEED_PARAM])), params=dict(p), tags=dict(run.data.tags),
         metrics=dict(run.data.metrics),
         val_curve=[(m.step, m.value) for m in client.get_metric_history(rid, STAGE2_SCORE)],

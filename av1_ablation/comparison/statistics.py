@@ -60,6 +60,7 @@ from statsmodels.stats.weightstats import ttost_paired
 from av1_ablation.record.metrics import N_CLASSES
 
 __all__ = [
+    "bootstrap_macro_f1",
     "BootstrapResult",
     "FriedmanResult",
     "McNemarResult",
@@ -351,35 +352,71 @@ def paired_bootstrap(
         raise ValueError(f"n_resamples must be a positive integer; got {n_resamples!r}")
     if not 0.0 < confidence_level < 1.0:
         raise ValueError(f"confidence_level must lie in (0, 1); got {confidence_level!r}")
-    codes, n_units = _cluster_codes(clusters, n)
-    cells = N_CLASSES * N_CLASSES
-    # One-hot confusion cell of every block for every model row: (n, rows * 9).
-    models = np.vstack([a, b])
-    onehot = np.zeros((n, models.shape[0] * cells), dtype=np.float64)
-    onehot[np.arange(n)[None, :], np.arange(models.shape[0])[:, None] * cells
-           + y_true[None, :] * N_CLASSES + models] = 1.0
 
-    def delta_of(conf):  # conf: (r, rows * 9) -> (r,)
-        f1 = macro_f1_from_confusion(conf.reshape(len(conf), models.shape[0], N_CLASSES, N_CLASSES))
+    def delta_of(f1):  # (r, rows) macro-F1 of every model row -> (r,)
         return f1[:, : len(a)].mean(axis=1) - f1[:, len(a):].mean(axis=1)
 
-    observed = float(delta_of(onehot.sum(axis=0, keepdims=True))[0])
-    rng = np.random.default_rng(random_state)
-    per_chunk = max(1, chunk_elements // max(n, n_units))
-    deltas = np.empty(int(n_resamples))
-    for start in range(0, len(deltas), per_chunk):
-        r = min(per_chunk, len(deltas) - start)
-        idx = rng.integers(0, n_units, size=(r, n_units))
-        # Unit multiplicities of each resample (r, n_units), spread to the blocks: (r, n).
-        mult = np.bincount((idx + np.arange(r)[:, None] * n_units).ravel(),
-                           minlength=r * n_units).reshape(r, n_units)[:, codes]
-        deltas[start:start + r] = delta_of(mult @ onehot)
+    observed, deltas, n_units = _resampled_statistic(y_true, np.vstack([a, b]), delta_of, clusters=clusters,
+                                                     n_resamples=n_resamples, random_state=random_state,
+                                                     chunk_elements=chunk_elements)
     tail = (1.0 - confidence_level) / 2.0
     low, high = np.quantile(deltas, [tail, 1.0 - tail])
     pvalue = (1.0 + np.sum(deltas - observed >= observed)) / (1.0 + len(deltas))
     return BootstrapResult(observed, float(low), float(high), float(min(pvalue, 1.0)),
                            int(n_resamples), float(confidence_level),
                            "blocks" if clusters is None else "clusters", n_units)
+
+
+def _resampled_statistic(y_true: np.ndarray, models: np.ndarray, statistic, *, clusters, n_resamples: int,
+                         random_state, chunk_elements: int) -> tuple[float, np.ndarray, int]:
+    """``statistic`` of the (r, n_models) macro-F1s on the full set and on ``n_resamples``
+    draws of units (blocks, or whole clusters) with replacement; also the number of units."""
+    n = len(y_true)
+    codes, n_units = _cluster_codes(clusters, n)
+    cells = N_CLASSES * N_CLASSES
+    # One-hot confusion cell of every block for every model row: (n, rows * 9).
+    onehot = np.zeros((n, models.shape[0] * cells), dtype=np.float64)
+    onehot[np.arange(n)[None, :], np.arange(models.shape[0])[:, None] * cells
+           + y_true[None, :] * N_CLASSES + models] = 1.0
+
+    def of(conf):  # conf: (r, rows * 9) -> (r,)
+        shape = (len(conf), models.shape[0], N_CLASSES, N_CLASSES)
+        return statistic(macro_f1_from_confusion(conf.reshape(shape)))
+
+    observed = float(of(onehot.sum(axis=0, keepdims=True))[0])
+    rng = np.random.default_rng(random_state)
+    per_chunk = max(1, chunk_elements // max(n, n_units))
+    draws = np.empty(int(n_resamples))
+    for start in range(0, len(draws), per_chunk):
+        r = min(per_chunk, len(draws) - start)
+        idx = rng.integers(0, n_units, size=(r, n_units))
+        # Unit multiplicities of each resample (r, n_units), spread to the blocks: (r, n).
+        mult = np.bincount((idx + np.arange(r)[:, None] * n_units).ravel(),
+                           minlength=r * n_units).reshape(r, n_units)[:, codes]
+        draws[start:start + r] = of(mult @ onehot)
+    return observed, draws, n_units
+
+
+def bootstrap_macro_f1(y_true, y_pred, *, clusters=None, n_resamples: int = 2_000,
+                       confidence_level: float = 0.95, random_state=None,
+                       chunk_elements: int = 4_000_000) -> tuple[float, float]:
+    """Percentile interval of one model's macro-F1 (averaged over the rows of a 2-D
+    ``y_pred``, one per seed) when units are resampled as in :func:`paired_bootstrap`.
+
+    Examples
+    --------
+    >>> lo, hi = bootstrap_macro_f1([0, 1, 2, 0, 1, 2], [0, 1, 1, 0, 1, 2], n_resamples=200, random_state=0)
+    >>> bool(lo <= 0.7333 <= hi)
+    True
+    """
+    y_true = _as_labels(y_true, "y_true")
+    rows, _ = _prediction_rows(y_pred, y_pred, len(y_true))
+    _, draws, _ = _resampled_statistic(y_true, rows, lambda f1: f1.mean(axis=1), clusters=clusters,
+                                       n_resamples=n_resamples, random_state=random_state,
+                                       chunk_elements=chunk_elements)
+    tail = (1.0 - confidence_level) / 2.0
+    low, high = np.quantile(draws, [tail, 1.0 - tail])
+    return float(low), float(high)
 
 
 # --------------------------------------------------------------------------- across seeds
