@@ -7,9 +7,9 @@ Everything but ``loss_type`` and ``seed`` is shared by the children, including
 one Stage-1 backbone, resolved once. ``--folds K`` runs every loss and seed on
 each of K folds by picture (one backbone per fold), so every picture is tested
 once. A second invocation skips children that already FINISHED with identical
-parameters (they are linked to the new parent through its ``av1.children`` tag). With ``--jobs N > 1`` children run in
-parallel processes that write through a local tracking server, because SQLite
-is not safe for many writers.
+parameters (they are linked to the new parent through its ``av1.children`` tag).
+With ``--jobs N > 1`` children run in parallel processes that write through a
+local tracking server, because SQLite is not safe for many writers.
 """
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def configure(parser) -> None:
                         help="comma-separated loss types (default: all five)")
     parser.add_argument("--seeds", default="42,43,44", help="comma-separated seeds (default: 42,43,44)")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="children trained at once (default 1; one per GPU where there are GPUs)")
+                        help="children trained at once, each in a process of its own (default 1); "
+                             "with GPUs, child i runs on GPU i mod the GPU count")
     config_mod.add_config_arguments(parser, Stage2Config, exclude=ARM_FIELDS)
 
 

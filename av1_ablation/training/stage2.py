@@ -47,7 +47,7 @@ from av1_ablation.training.stage1 import resolve_stage1
 def configure(parser) -> None:
     config_mod.add_config_arguments(parser, Stage2Config)
     parser.add_argument("--resume", metavar="RUN_ID", default=None,
-                        help="continue a KILLED run from its last completed epoch")
+                        help="continue a KILLED or FAILED run from its last completed epoch")
 
 
 def run(args) -> int:
