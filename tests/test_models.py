@@ -161,6 +161,24 @@ def test_cached_prefix_gives_the_same_logits():
                                    head_only.head(head_only.backbone(x)))
 
 
+def test_a_trained_backbone_has_no_prefix_and_runs_whole():
+    from av1_ablation.training.prefix import WholeNetwork, logit_source
+    from av1_ablation.training.tensors import DeviceBlocks
+
+    torch.manual_seed(0)
+    model = Stage2Model(width=0.25, frozen=False, qp_input="concat").eval()
+    with pytest.raises(RuntimeError, match="no frozen prefix"):
+        model.frozen_prefix(blocks(2))
+    rng = np.random.default_rng(0)
+    split = DeviceBlocks(rng.integers(0, 1024, (10, 16, 16)), rng.integers(0, 3, 10), torch.device("cpu"),
+                         qindex=rng.choice([80, 220], 10))
+    source = logit_source(model, {"train": split}, augment=True, batch_size=4)
+    assert isinstance(source, WholeNetwork)  # no cached copies of the inputs
+    idx = torch.arange(10)
+    with torch.no_grad():
+        torch.testing.assert_close(source.logits("train"), model(split.inputs(idx), split.qp), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("cin, cout, k, stride, pad, groups, size", [
     (32, 48, 3, 1, 1, 1, 1),   # 3x3 on 1x1: centre tap
     (32, 48, 3, 2, 1, 1, 2),   # stride-2 3x3 from 2x2 to 1x1: weight[:, :, 1:3, 1:3]

@@ -178,22 +178,20 @@ class Stage2Model(nn.Module):
         return self
 
     def frozen_prefix(self, x: torch.Tensor) -> torch.Tensor:
-        """Backbone output before the first adapted stage: (B, C, h, w) feature map
-        (the input itself when the backbone trains)."""
+        """Backbone output before the first adapted stage: (B, C, h, w) feature map.
+        A model that trains its backbone has no frozen prefix."""
         if not self.frozen:
-            return x
+            raise RuntimeError("a Stage2Model with frozen=False trains its backbone: it has no frozen prefix")
         return self.backbone.forward_prefix(x, self._start)
 
     def forward_from_prefix(self, h: torch.Tensor, qp: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, 3) from the output of :meth:`frozen_prefix` (and the standardised
         qindex when the head reads the QP)."""
-        if not self.frozen:
-            h = self.backbone.forward_suffix(self.backbone.stem(h), STAGES[0], self.adapters)
-        else:
-            h = self.backbone.forward_suffix(h, self._start, self.adapters)
-        return self.head(h, qp)
+        return self.head(self.backbone.forward_suffix(h, self._start, self.adapters), qp)
 
     def forward(self, x: torch.Tensor, qp: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.frozen:
+            return self.head(self.backbone.forward_suffix(self.backbone.stem(x), STAGES[0], self.adapters), qp)
         return self.forward_from_prefix(self.frozen_prefix(x), qp)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:

@@ -3,7 +3,9 @@
 Stage 2 trains only adapters and head on a frozen backbone whose BatchNorm stays
 in eval mode, so the network's frozen prefix is a fixed function of the block:
 its output is computed once per dihedral variant and reused every epoch (an
-exact reformulation, tested against the plain forward pass).
+exact reformulation, tested against the plain forward pass). The ``finetune``
+reference trains the backbone too, so it has no frozen prefix: :class:`WholeNetwork`
+runs every block through the whole network instead, with the same interface.
 """
 from __future__ import annotations
 
@@ -57,3 +59,28 @@ class PrefixCache:
         features, qp = self.features[name][0], self.splits[name].qp
         return predict(self.model.forward_from_prefix, lambda i: (features[i], qp[i]),
                        len(self.splits[name]), self.batch_size)
+
+
+class WholeNetwork:
+    """Logits from the whole network on every call: the model trains its backbone, so
+    nothing can be cached (the blocks stay as stored; the dihedral variant is applied per
+    batch)."""
+
+    def __init__(self, model: Stage2Model, splits: dict[str, DeviceBlocks], *, batch_size: int):
+        self.model, self.splits, self.batch_size = model, splits, batch_size
+
+    def train_logits(self, idx: torch.Tensor, variants: torch.Tensor | None) -> torch.Tensor:
+        blocks = self.splits["train"]
+        return self.model(blocks.inputs(idx, variants), blocks.qp[idx])
+
+    def logits(self, name: str) -> torch.Tensor:
+        blocks = self.splits[name]
+        return predict(self.model, lambda i: (blocks.inputs(i), blocks.qp[i]), len(blocks), self.batch_size)
+
+
+def logit_source(model: Stage2Model, splits: dict[str, DeviceBlocks], *, augment: bool,
+                 batch_size: int) -> PrefixCache | WholeNetwork:
+    """The cached prefix for a frozen backbone, the whole network for a trained one."""
+    if model.frozen:
+        return PrefixCache(model, splits, augment=augment, batch_size=batch_size)
+    return WholeNetwork(model, splits, batch_size=batch_size)

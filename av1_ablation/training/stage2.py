@@ -40,7 +40,7 @@ from av1_ablation.training.lifecycle import (environment_tags, fails_pending_run
                                              record_resume, run_lease, tracked_run)
 from av1_ablation.training.loop import (History, NonFiniteLoss, Optimisation, fit, log_selected_checkpoint,
                                         set_determinism)
-from av1_ablation.training.prefix import PrefixCache
+from av1_ablation.training.prefix import logit_source
 from av1_ablation.training.stage1 import resolve_stage1
 
 
@@ -165,7 +165,7 @@ class Stage2Task:
         self.train_targets = splits["train"].targets
         self.targets = {name: blocks.targets.cpu() for name, blocks in splits.items()}
         t0 = time.perf_counter()
-        self.cache = PrefixCache(opt.model, splits, augment=cfg.augment, batch_size=cfg.eval_batch_size)
+        self.cache = logit_source(opt.model, splits, augment=cfg.augment, batch_size=cfg.eval_batch_size)
         mlflow.log_metric(PREFIX_CACHE_SECONDS, time.perf_counter() - t0)
 
     def train_logits(self, idx, variants):
