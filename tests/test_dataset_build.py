@@ -137,3 +137,11 @@ def test_video_frames_are_encoded_and_recorded(tmp_path):
     for i in range(len(st)):
         y, x = st.pos[i]
         np.testing.assert_array_equal(st.blocks[i], frames[st.frame[i], y:y + 16, x:x + 16])
+
+
+def test_a_build_into_a_log_prints_progress_lines(tmp_path, capsys):
+    from av1_ablation.dataset import build_dataset
+
+    build_dataset(["embedded:camera", "embedded:coffee"], tmp_path / "store", qps=(32,), cpu_used=2, crop=64, progress=True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("encodes:")]
+    assert lines and lines[-1].startswith("encodes: 2/2 done in"), lines  # captured output is not a terminal

@@ -26,6 +26,7 @@ from av1_ablation.comparison.report import (PRIMARY_TESTS, RESAMPLE_UNITS, Compa
 from av1_ablation.comparison.folds import pool_selection
 from av1_ablation.comparison.runs import Selection, check_comparable, group_records, load_runs
 from av1_ablation.dataset.atomic import atomic_directory
+from av1_ablation.dataset.command import flag
 from av1_ablation.errors import UserError
 from av1_ablation.record.contract import (CFG_PREFIX, COMPARED_RUNS_TAG, COMPARE_RUN_NAME, KIND_COMPARE,
                                           KIND_TAG, VERDICT_TAG, WINNER_TAG, cfg_param, compare_delta_metric)
@@ -35,15 +36,6 @@ from av1_ablation.record.experiment import mark_model_training
 def _param_list(text: str) -> list[str]:
     """``--ignore-param`` values: one param or several, comma-separated ("" is none)."""
     return [p.strip() for p in text.split(",") if p.strip()]
-
-
-def _flag(text: str) -> bool:
-    """A flag's optional value: ``--no-log`` alone is true; ``true``/``false`` (or "", false)
-    is what ``mlflow run`` passes."""
-    value = text.strip().lower()
-    if value not in ("", "true", "false"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
-    return value == "true"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +65,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resample", default="clusters", choices=RESAMPLE_UNITS,
                         help="unit of the test-side paired bootstrap: test pictures (clusters, default) "
                              "or single blocks, as if independent")
-    parser.add_argument("--no-log", nargs="?", const=True, default=False, type=_flag, metavar="BOOL",
+    parser.add_argument("--no-log", nargs="?", const=True, default=False, type=flag, metavar="BOOL",
                         help="do not log a compare run to MLflow (--no-log alone, or --no-log true)")
 
 

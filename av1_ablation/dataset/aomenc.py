@@ -112,10 +112,6 @@ class EncoderGroup:
                 self._running.discard(proc)
         return proc.returncode, stderr
 
-    def pids(self) -> list[int]:
-        with self._lock:
-            return [p.pid for p in self._running]
-
     def stop(self) -> None:
         """Kill every running encoder (its whole process group) and wait for it."""
         with self._lock:

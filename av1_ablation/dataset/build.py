@@ -233,13 +233,20 @@ def _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress):
 
 
 def _wait_for_encodes(futures: dict, progress: bool) -> None:
-    """Wait for every encode, with a progress bar; the first failure is raised."""
+    """Wait for every encode, with a progress bar on a terminal and a line per tenth of the
+    encodes in a log; the first failure is raised."""
     from tqdm import tqdm
 
-    with tqdm(total=len(futures), desc="encodes", unit="enc", disable=None if progress else True) as bar:
-        for fut in as_completed(list(futures.values())):
+    t0, total = time.perf_counter(), len(futures)
+    every = max(1, total // 10)
+    with tqdm(total=total, desc="encodes", unit="enc", disable=None if progress else True) as bar:
+        for done, fut in enumerate(as_completed(list(futures.values())), 1):
             fut.result()
             bar.update()
+            if progress and bar.disable and (done % every == 0 or done == total):
+                seconds = time.perf_counter() - t0
+                print(f"encodes: {done}/{total} done in {seconds:.0f} s "
+                      f"({60 * done / max(seconds, 1e-9):.1f} per minute)", flush=True)
 
 
 def _gather(r, source_id: int, qindex: int, grids: np.ndarray) -> dict:

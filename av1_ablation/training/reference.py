@@ -66,7 +66,7 @@ def run(args) -> int:
                             f"choose from {', '.join(REFERENCES)}")
         cfg = config_mod.from_args(Stage2Config, args, STAGE2_PRESETS, **dict.fromkeys(FIXED_FIELDS))
         folds = [dataclasses.replace(cfg, fold=k) for k in range(cfg.folds)]
-        data = [load_split_data(c, to_stage2) for c in folds]
+        data = load_split_data(cfg, to_stage2, every_fold=True)
     # `mlflow run` made one run for this command: it becomes the parent of the references
     with tracked_run(kind=KIND_REFERENCES, run_name=REFERENCES_RUN_NAME,
                      tags=cross_validation_tags(data)) as parent:
@@ -164,12 +164,16 @@ def _features(data, split_name: str, qp_input: str) -> np.ndarray:
 def fit_gbm(data, cfg: Stage2Config):
     """Gradient boosting on :func:`block_statistics`, balanced class weights, early stopping
     on a random tenth of the training blocks (validation stays untouched)."""
+    import torch
     from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
 
     model = HistGradientBoostingClassifier(max_iter=500, learning_rate=0.1, class_weight="balanced",
                                            early_stopping=True, validation_fraction=0.1,
                                            random_state=cfg.seed)
-    model.fit(_features(data, "train", cfg.qp_input), data.targets["train"])
+    # its OpenMP threads keep to the command's thread budget, like torch's
+    with threadpool_limits(limits=torch.get_num_threads(), user_api="openmp"):
+        model.fit(_features(data, "train", cfg.qp_input), data.targets["train"])
     mlflow.log_metric(GBM_ITERATIONS, model.n_iter_)
 
     def predict(split_name):
