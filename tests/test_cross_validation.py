@@ -77,3 +77,39 @@ def test_fold_runs_that_test_a_block_twice_are_refused():
 
     with pytest.raises(UserError, match="test some blocks twice"):
         pool_folds([_record("baseline", 1, 0, [0, 1]), _record("baseline", 1, 1, [1, 2])])
+
+
+def test_a_fold_needs_sources_for_training_and_validation(tmp_path):
+    from av1_ablation.dataset import make_split
+    from av1_ablation.dataset.store import write_store
+    from av1_ablation.errors import UserError
+
+    # four sources, one of them nearly all the blocks: with 2 folds it fills one fold alone
+    source = np.array([0] * 100 + [1, 2, 3], dtype=np.int32)
+    n = len(source)
+    arrays = {"blocks": np.zeros((n, 16, 16), np.uint16), "labels": np.full(n, 3, np.uint8),
+              "qindex": np.zeros(n, np.uint16), "source": source, "frame": np.zeros(n, np.int32),
+              "pos": np.zeros((n, 2), np.int32)}
+    store = load_store(write_store(tmp_path / "s", arrays, {"kind": "test", "sources": [
+        {"id": i, "name": f"s{i}"} for i in range(4)]}))
+    outcomes = []
+    for fold in (0, 1):
+        try:
+            outcomes.append(len(make_split(store, folds=2, fold=fold, seed=0).val) > 0)
+        except UserError as exc:
+            assert "cannot be both a training and a validation source" in str(exc)
+            outcomes.append("refused")
+    assert "refused" in outcomes  # the fold whose other fold is the one big source
+
+
+@pytest.mark.slow
+def test_a_backbone_of_another_split_is_refused_in_a_fold(tiny_dataset_two_qps, tracking_store, capsys):
+    from mlflow.tracking import MlflowClient
+
+    _, exp = tracking_store
+    common = ["--data", str(tiny_dataset_two_qps), "--preset", "smoke", "--batch-size", "16"]
+    assert main(["stage1", *common]) == 0
+    (single,) = MlflowClient().search_runs([exp], "tags.`av1.kind` = 'stage1'")
+    capsys.readouterr()
+    assert main(["train", *common, "--folds", "2", "--fold", "1", "--stage1", single.info.run_id]) == 2
+    assert "trained on another split" in capsys.readouterr().err

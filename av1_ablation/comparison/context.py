@@ -14,16 +14,17 @@ import numpy as np
 import pandas as pd
 
 from av1_ablation.comparison.folds import pool_folds
-from av1_ablation.comparison.runs import FOLDS_PARAM, RunRecord, _client, _search, read_records
+from av1_ablation.comparison.runs import RunRecord, _client, _search, read_records
 from av1_ablation.comparison.statistics import bootstrap_macro_f1
 from av1_ablation.dataset.partitions import STAGE2_NAMES
 from av1_ablation.record.contract import (CLASS_KEYS, CLUSTER, DATASET_FINGERPRINT_TAG, ECE, F1,
-                                          KIND_REFERENCE, REFERENCE_MODELS, REFERENCE_TAG,
+                                          FOLDS_PARAM, KIND_REFERENCE, REFERENCE_MODELS, REFERENCE_TAG,
+                                          VALUE_WHEN_ABSENT, param_value,
                                           SPLIT_FINGERPRINT_TAG, TEST, TEST_MACRO_F1, Y_PRED, Y_TRUE,
                                           cfg_param, kind_clause, param_clause, parse_per_qp, per_class,
                                           tag_clause)
 
-MATCH_PARAMS = (cfg_param("qp_input"), FOLDS_PARAM)
+SPLIT_PARAMS = tuple(map(cfg_param, ("split_mode", "split_seed")))
 
 
 def load_references(records: list[RunRecord], experiment_id: str) -> dict[str, list[RunRecord]]:
@@ -34,15 +35,20 @@ def load_references(records: list[RunRecord], experiment_id: str) -> dict[str, l
     client = _client()
     first = records[0]
     clauses = [kind_clause(KIND_REFERENCE), "attributes.status = 'FINISHED'",
-               tag_clause(DATASET_FINGERPRINT_TAG, first.tags.get(DATASET_FINGERPRINT_TAG, ""))]
-    clauses += [param_clause(p, first.params.get(p, default)) for p, default in zip(MATCH_PARAMS, ("none", "1"))]
+               tag_clause(DATASET_FINGERPRINT_TAG, first.tags.get(DATASET_FINGERPRINT_TAG, "")),
+               param_clause(cfg_param("qp_input"), first.params.get(cfg_param("qp_input"), "none"))]
+    folds = param_value(first.params, FOLDS_PARAM)
+    if folds == VALUE_WHEN_ABSENT[FOLDS_PARAM]:
+        clauses.append(tag_clause(SPLIT_FINGERPRINT_TAG, first.tags.get(SPLIT_FINGERPRINT_TAG, "")))
+    else:  # the fold runs' own splits differ; the pooled fingerprint is checked below
+        clauses += [param_clause(p, first.params.get(p, "")) for p in (FOLDS_PARAM, *SPLIT_PARAMS)]
     runs = _search(client, experiment_id, " and ".join(clauses))  # newest first
-    found, _ = read_records(client, runs, True, name_of=lambda run: run.data.tags.get(REFERENCE_TAG))
+    found, _ = read_records(client, runs, True, name_of=lambda run: run.data.tags.get(REFERENCE_TAG),
+                            skip_without_predictions=True)
     pooled, _ = pool_folds(found)
-    split = first.tags.get(SPLIT_FINGERPRINT_TAG)
     by_name: dict[str, list[RunRecord]] = {}
     for r in pooled:
-        if r.tags.get(SPLIT_FINGERPRINT_TAG) == split:
+        if r.tags.get(SPLIT_FINGERPRINT_TAG) == first.tags.get(SPLIT_FINGERPRINT_TAG):
             by_name.setdefault(r.loss_type, []).append(r)
     order = (*REFERENCE_MODELS, *sorted(set(by_name) - set(REFERENCE_MODELS)))
     return {n: by_name[n] for n in order if n in by_name}

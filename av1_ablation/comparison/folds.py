@@ -17,26 +17,30 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
-from av1_ablation.comparison.runs import FOLD_PARAM, FOLDS_PARAM, RunRecord, Selection
+from av1_ablation.comparison.runs import RunRecord, Selection
 from av1_ablation.dataset import pooled_fingerprint
 from av1_ablation.errors import UserError
-from av1_ablation.record.contract import (BLOCK_INDEX, PROBA_COLUMNS, QINDEX, SPLIT_FINGERPRINT_TAG,
-                                          STAGE1_RUN_TAG, TEST, TRAIN_SECONDS, Y_TRUE, cfg_param)
+from av1_ablation.record.contract import (ALL_FOLDS, BLOCK_INDEX, FOLD_PARAM, FOLDS_PARAM, PROBA_COLUMNS, QINDEX,
+                                          SPLIT_FINGERPRINT_TAG, STAGE1_RUN_TAG, TEST, TRAIN_SECONDS, Y_TRUE,
+                                          cfg_param, param_value)
 from av1_ablation.record.metrics import split_metrics
 
 STAGE1_PARAM = cfg_param("stage1")
-ALL_FOLDS = "all"  # the cfg.fold param of a pooled record
+# What differs between the fold runs of one cross-validation, and only that.
+PER_FOLD = frozenset({FOLD_PARAM, STAGE1_PARAM, f"tags.{SPLIT_FINGERPRINT_TAG}", f"tags.{STAGE1_RUN_TAG}"})
 
 
 def folds_of(record: RunRecord) -> tuple[int, int]:
     """(K, fold) of a run; runs logged before cross-validation existed are (1, 0)."""
-    return int(record.params.get(FOLDS_PARAM, 1)), int(record.params.get(FOLD_PARAM, 0))
+    return int(param_value(record.params, FOLDS_PARAM)), int(param_value(record.params, FOLD_PARAM))
 
 
 def pool_folds(records: list[RunRecord]) -> tuple[list[RunRecord], list[dict[str, str]]]:
     """Replace the fold runs of every (arm, seed) by one pooled record.
 
-    Returns the records (single-split runs unchanged) and the runs left out with the reason.
+    Fold runs pool only when they share every setting but the fold itself (its split and
+    Stage-1 backbone), so one seed is never assembled from two cross-validations. Returns
+    the records (single-split runs unchanged) and the runs left out with the reason.
     """
     out, left_out = [], []
     groups: dict[tuple, dict[int, RunRecord]] = defaultdict(dict)
@@ -44,13 +48,14 @@ def pool_folds(records: list[RunRecord]) -> tuple[list[RunRecord], list[dict[str
         k, fold = folds_of(r)
         if k == 1:
             out.append(r)
-        else:
-            groups[(r.loss_type, r.seed, k)][fold] = r
-    for (name, seed, k), by_fold in groups.items():
+            continue
+        shared = frozenset((key, v) for key, v in r.identity().items() if key not in PER_FOLD)
+        groups[(r.loss_type, r.seed, k, shared)][fold] = r
+    for (name, seed, k, _), by_fold in groups.items():
         missing = sorted(set(range(k)) - set(by_fold))
         if missing:
-            reason = (f"fold(s) {', '.join(map(str, missing))} of {k} not finished: a seed is compared "
-                      "on all its folds or not at all")
+            reason = (f"fold(s) {', '.join(map(str, missing))} of {k} not finished with the same settings: "
+                      "a seed is compared on all its folds or not at all")
             left_out += [{"run_id": r.run_id, "loss_type": name, "seed": str(seed), "reason": reason}
                          for r in by_fold.values()]
             continue
@@ -90,8 +95,8 @@ def _pooled_predictions(runs: list[RunRecord]) -> pd.DataFrame | None:
     pooled = pd.concat([r.predictions for r in runs], ignore_index=True)
     if pooled[BLOCK_INDEX].duplicated().any():
         raise UserError(f"the fold runs {', '.join(r.run_id for r in runs)} ({runs[0].loss_type}, seed "
-                        f"{runs[0].seed}) test some blocks twice: they do not come from one "
-                        "cross-validation; re-run the ablation")
+                        f"{runs[0].seed}) test some blocks twice, although their settings agree: the "
+                        "data set's sources changed between them; compare the runs of one data set")
     return pooled.sort_values(BLOCK_INDEX, ignore_index=True)
 
 

@@ -25,14 +25,14 @@ import pandas as pd
 from av1_ablation.errors import UserError
 from av1_ablation.record.artifacts import read_predictions
 from av1_ablation.record.contract import (BLOCK_INDEX, CFG_PREFIX, CHILDREN_TAG, COMPARABILITY_TAGS,
-                                          KIND_ABLATION, KIND_STAGE2, LOSS_TYPE_PARAM, SEED_PARAM,
-                                          STAGE2_SCORE, TEST_PREDICTIONS, cfg_param, children_clause,
-                                          kind_clause)
+                                          FOLD_PARAM, FOLDS_PARAM, KIND_ABLATION, KIND_STAGE2,
+                                          LOSS_TYPE_PARAM, SEED_PARAM, STAGE2_SCORE, TEST_PREDICTIONS,
+                                          VALUE_WHEN_ABSENT, cfg_param, children_clause, kind_clause,
+                                          param_value)
 
 # The ablation's own variables, and fields that do not change what is learned.
 # cfg.data is a local path; the data set itself is compared by its fingerprint tag.
 NON_EXPERIMENTAL_PARAMS = frozenset(map(cfg_param, ("loss_type", "seed", "device", "eval_batch_size", "data")))
-FOLDS_PARAM, FOLD_PARAM = cfg_param("folds"), cfg_param("fold")
 FINISHED = "FINISHED"
 
 
@@ -52,7 +52,7 @@ class RunRecord:
 
     def identity(self) -> dict[str, str]:
         """Everything that must match between comparable runs (params + tags)."""
-        out = {k: v for k, v in self.params.items()
+        out = {k: v for k, v in {**VALUE_WHEN_ABSENT, **self.params}.items()
                if k.startswith(CFG_PREFIX) and k not in NON_EXPERIMENTAL_PARAMS}
         out.update({f"tags.{t}": self.tags.get(t, "<missing>") for t in COMPARABILITY_TAGS})
         return out
@@ -231,10 +231,11 @@ def _loss_type(run) -> str | None:
     return run.data.params.get(LOSS_TYPE_PARAM)
 
 
-def read_records(client, runs: list, with_predictions: bool,
-                 name_of=_loss_type) -> tuple[list[RunRecord], list[dict[str, str]]]:
+def read_records(client, runs: list, with_predictions: bool, name_of=_loss_type,
+                 skip_without_predictions: bool = False) -> tuple[list[RunRecord], list[dict[str, str]]]:
     """The usable runs as records (the newest of each name, seed and fold; ``name_of(run)``
-    names the arm, by default its loss type) and the left-out ones with the reason."""
+    names the arm, by default its loss type) and the left-out ones with the reason. A run
+    without test predictions is an error, or left out with ``skip_without_predictions``."""
     records, left_out, seen = [], [], set()
     with tempfile.TemporaryDirectory(prefix="av1-compare-") as tmp:
         for run in runs:
@@ -246,18 +247,23 @@ def read_records(client, runs: list, with_predictions: bool,
             if name is None or SEED_PARAM not in p:
                 left_out.append({**label, "reason": "no loss_type/seed params"})
                 continue
-            key = (name, p[SEED_PARAM], p.get(FOLDS_PARAM, "1"), p.get(FOLD_PARAM, "0"))
+            key = (name, p[SEED_PARAM], param_value(p, FOLDS_PARAM), param_value(p, FOLD_PARAM))
             if key in seen:
                 left_out.append({**label, "reason": "older duplicate of the same loss_type, seed and fold"})
                 continue
+            record = _record(client, run, name, Path(tmp) / rid if with_predictions else None,
+                             required=not skip_without_predictions)
+            if with_predictions and record.predictions is None:
+                left_out.append({**label, "reason": f"no {TEST_PREDICTIONS} artifact"})
+                continue
             seen.add(key)
-            records.append(_record(client, run, name, Path(tmp) / rid if with_predictions else None))
+            records.append(record)
     return records, left_out
 
 
-def _record(client, run, name: str, predictions_dir: Path | None) -> RunRecord:
+def _record(client, run, name: str, predictions_dir: Path | None, required: bool = True) -> RunRecord:
     """One run as a record; its test predictions are read into ``predictions_dir`` (None:
-    not read)."""
+    not read), which must exist when ``required``."""
     rid, p = run.info.run_id, run.data.params
     record = RunRecord(
         run_id=rid, run_name=run.info.run_name or rid[:8], loss_type=name,
@@ -267,7 +273,7 @@ def _record(client, run, name: str, predictions_dir: Path | None) -> RunRecord:
     )
     if predictions_dir is not None:
         record.predictions = read_test_predictions(client, rid, predictions_dir)
-        if record.predictions is None:
+        if record.predictions is None and required:
             raise UserError(
                 f"run {rid} ({record.loss_type}, seed {record.seed}) has no {TEST_PREDICTIONS} "
                 "artifact; re-run its evaluation, or leave it out with --filter "

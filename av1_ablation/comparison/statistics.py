@@ -348,10 +348,7 @@ def paired_bootstrap(
     y_true = _as_labels(y_true, "y_true")
     n = len(y_true)
     a, b = _prediction_rows(y_pred_a, y_pred_b, n)
-    if int(n_resamples) < 1:
-        raise ValueError(f"n_resamples must be a positive integer; got {n_resamples!r}")
-    if not 0.0 < confidence_level < 1.0:
-        raise ValueError(f"confidence_level must lie in (0, 1); got {confidence_level!r}")
+    _check_resampling(n_resamples, confidence_level)
 
     def delta_of(f1):  # (r, rows) macro-F1 of every model row -> (r,)
         return f1[:, : len(a)].mean(axis=1) - f1[:, len(a):].mean(axis=1)
@@ -365,6 +362,13 @@ def paired_bootstrap(
     return BootstrapResult(observed, float(low), float(high), float(min(pvalue, 1.0)),
                            int(n_resamples), float(confidence_level),
                            "blocks" if clusters is None else "clusters", n_units)
+
+
+def _check_resampling(n_resamples, confidence_level) -> None:
+    if int(n_resamples) < 1:
+        raise ValueError(f"n_resamples must be a positive integer; got {n_resamples!r}")
+    if not 0.0 < confidence_level < 1.0:
+        raise ValueError(f"confidence_level must lie in (0, 1); got {confidence_level!r}")
 
 
 def _resampled_statistic(y_true: np.ndarray, models: np.ndarray, statistic, *, clusters, n_resamples: int,
@@ -410,7 +414,11 @@ def bootstrap_macro_f1(y_true, y_pred, *, clusters=None, n_resamples: int = 2_00
     True
     """
     y_true = _as_labels(y_true, "y_true")
-    rows, _ = _prediction_rows(y_pred, y_pred, len(y_true))
+    rows = np.atleast_2d(_as_labels(y_pred, "y_pred"))
+    if rows.ndim != 2 or rows.shape[1] != len(y_true):
+        raise ValueError(f"y_pred must have shape (n_samples,) or (n_seeds, n_samples) with "
+                         f"n_samples={len(y_true)}; got {np.shape(y_pred)}")
+    _check_resampling(n_resamples, confidence_level)
     _, draws, _ = _resampled_statistic(y_true, rows, lambda f1: f1.mean(axis=1), clusters=clusters,
                                        n_resamples=n_resamples, random_state=random_state,
                                        chunk_elements=chunk_elements)

@@ -138,7 +138,8 @@ def check_folds(folds: int, fold: int, mode: str = "source") -> None:
     if int(folds) != folds or folds < 1:
         raise UserError(f"folds={folds} must be an integer >= 1 (1 = a single train/val/test split)")
     if int(fold) != fold or not 0 <= fold < folds:
-        raise UserError(f"fold={fold} must lie in 0..{folds - 1} for folds={folds}")
+        raise UserError(f"fold={fold} must lie in 0..{folds - 1} for folds={folds}"
+                        + ("; pass folds=K as well to cross-validate" if folds == 1 else ""))
     if folds > 1 and mode != "source":
         raise UserError(f"folds={folds} needs split_mode=source: cross-validation keeps every picture "
                         "in one fold")
@@ -165,6 +166,9 @@ def _fold_split(store, ids, sizes, fractions, seed, folds, fold, base) -> Split:
     fold_of = fold_of_sources(sizes, folds, seed)
     assigned = np.where(fold_of == fold, 2, 0)
     rest = np.flatnonzero(fold_of != fold)
+    if len(rest) < 2:
+        raise UserError(f"fold {fold} of {folds} tests all but {len(rest)} source(s), which cannot be both a "
+                        "training and a validation source; use fewer folds or a data set with more sources")
     val_share = fractions[1] / (fractions[0] + fractions[1])
     # A seeded draw per fold; sources go to validation until it holds its share of the
     # remaining blocks, keeping at least one source on each side.

@@ -122,6 +122,18 @@ def cfg_param(field: str) -> str:
     return CFG_PREFIX + field
 
 
+FOLDS_PARAM, FOLD_PARAM = cfg_param("folds"), cfg_param("fold")
+ALL_FOLDS = "all"  # the fold param of what spans every fold: an ablation parent, a pooled record
+# Fields added to the configurations after runs were logged without them: the value such a
+# run had (cross-validation did not exist: one split, fold 0).
+VALUE_WHEN_ABSENT = {FOLDS_PARAM: "1", FOLD_PARAM: "0"}
+
+
+def param_value(params: dict[str, str], name: str) -> str | None:
+    """A logged param, or what a run logged before the param existed had."""
+    return params.get(name, VALUE_WHEN_ABSENT.get(name))
+
+
 def split_size_param(split: str) -> str:
     """The param holding how many blocks of a split a stage uses: ``data.n_train``."""
     return f"data.n_{split}"

@@ -32,11 +32,11 @@ from mlflow.tracking import MlflowClient
 from av1_ablation.dataset.partitions import to_stage2
 from av1_ablation.errors import UserError
 from av1_ablation.losses import LOSS_TYPES
-from av1_ablation.record.contract import (ABLATION_RUN_NAME, BEST_LOSS_TAG, BEST_RUN_TAG, CHILDREN_TAG,
-                                          FAILED_CHILDREN_TAG, JOBS_PARAM, KIND_ABLATION, KIND_STAGE2,
+from av1_ablation.record.contract import (ABLATION_RUN_NAME, ALL_FOLDS, BEST_LOSS_TAG, BEST_RUN_TAG, CHILDREN_TAG,
+                                          FAILED_CHILDREN_TAG, FOLD_PARAM, JOBS_PARAM, KIND_ABLATION, KIND_STAGE2,
                                           KIND_TAG, LOSSES_PARAM, PARENT_RUN_TAG, REUSED_CHILDREN_TAG,
                                           SEEDS_PARAM, STAGE1_RUN_TAG, TEST_MACRO_F1, ablation_mean_metric,
-                                          arm_run_name, cfg_param)
+                                          arm_run_name, cfg_param, param_value)
 from av1_ablation.training import config as config_mod
 from av1_ablation.training.config import STAGE2_PRESETS, Stage2Config
 from av1_ablation.training.data import cross_validation_tags, load_split_data
@@ -70,7 +70,7 @@ def run(args) -> int:
         base = config_mod.from_args(Stage2Config, args, STAGE2_PRESETS, **dict.fromkeys(ARM_FIELDS))
     parent_id, failed = run_ablation(base, losses, seeds, jobs=args.jobs,
                                      threads=getattr(args, "threads", None))
-    print(f"ablation run {parent_id}: {len(losses) * len(seeds) - len(failed)} children finished"
+    print(f"ablation run {parent_id}: {len(losses) * len(seeds) * base.folds - len(failed)} children finished"
           + (f", {len(failed)} failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
@@ -98,11 +98,12 @@ def run_ablation(base: Stage2Config, losses: list[str], seeds: list[int], *, job
     a Stage-1 backbone of its own (trained on that fold's training pictures only).
     ``threads``: CPU threads of each child trained in a process of its own (default: the
     cores divided by ``jobs``)."""
-    data = {k: load_split_data(dataclasses.replace(base, fold=k), to_stage2) for k in range(base.folds)}
+    data = dict(enumerate(load_split_data(base, to_stage2, every_fold=True)))
     with tracked_run(kind=KIND_ABLATION, run_name=ABLATION_RUN_NAME,
                      tags=cross_validation_tags(list(data.values()))) as parent:
         log_new_params({LOSSES_PARAM: ",".join(losses), SEEDS_PARAM: ",".join(map(str, seeds)),
-                        JOBS_PARAM: str(jobs), **config_mod.to_params(base)})
+                        JOBS_PARAM: str(jobs), **config_mod.to_params(base),
+                        **({FOLD_PARAM: ALL_FOLDS} if base.folds > 1 else {})})
         stage1 = {k: resolve_stage1(base.stage1, data=d, width=base.width, device=base.device,
                                     preset=base.preset, qp_input=base.qp_input) for k, d in data.items()}
         mlflow.set_tag(STAGE1_RUN_TAG, ",".join(s.run_id or "" for s in stage1.values()))
@@ -131,10 +132,11 @@ def run_ablation(base: Stage2Config, losses: list[str], seeds: list[int], *, job
 def finished_twin(cfg: Stage2Config, data) -> str | None:
     """A FINISHED Stage-2 run of this experiment with exactly these parameters and data."""
     wanted = config_mod.to_params(cfg)
+    # the split fingerprint tag already fixes the fold; a run older than the fold params has none
     runs = finished_runs(KIND_STAGE2, tags=data.fingerprints(),
-                         params={k: wanted[k] for k in map(cfg_param, ARM_FIELDS)})
+                         params={k: wanted[k] for k in map(cfg_param, ("loss_type", "seed"))})
     for run in runs:
-        if all(run.data.params.get(k) == v for k, v in wanted.items()):
+        if all(param_value(run.data.params, k) == v for k, v in wanted.items()):
             return run.info.run_id
     return None
 

@@ -63,17 +63,23 @@ class SplitData:
                             "data set, or build one with `av1-ablation dataset --qp ...`")
 
 
-def load_split_data(cfg, to_target) -> SplitData:
+def load_split_data(cfg, to_target, *, every_fold: bool = False):
     """Load ``cfg.data`` (building the embedded default on first use), split it (fold
     ``cfg.fold`` of ``cfg.folds``), keep the blocks that ``to_target`` maps to a class
-    (targets < 0 are dropped), and check that ``cfg.qp_input`` can be learnt from them."""
+    (targets < 0 are dropped), and check that ``cfg.qp_input`` can be learnt from them.
+
+    ``every_fold``: a list with the :class:`SplitData` of each of the ``cfg.folds`` folds
+    (one store in memory for all), instead of one."""
     from av1_ablation.dataset import ensure_dataset, load_store, make_split
 
     store = load_store(ensure_dataset(cfg.data or None))
-    split = make_split(store, mode=cfg.split_mode, seed=cfg.split_seed, folds=cfg.folds, fold=cfg.fold)
-    data = select(store, split, to_target)
-    data.check_qp_input(cfg.qp_input)
-    return data
+    folds = range(cfg.folds) if every_fold else [cfg.fold]
+    out = []
+    for fold in folds:
+        split = make_split(store, mode=cfg.split_mode, seed=cfg.split_seed, folds=cfg.folds, fold=fold)
+        out.append(select(store, split, to_target))
+        out[-1].check_qp_input(cfg.qp_input)
+    return out if every_fold else out[0]
 
 
 def cross_validation_tags(folds: list[SplitData]) -> dict[str, str]:

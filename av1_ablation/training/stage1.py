@@ -26,9 +26,9 @@ from av1_ablation.errors import Terminated, UserError
 from av1_ablation.losses import BinaryFocalLoss
 from av1_ablation.models import Backbone, Stage1Model, count_parameters, load_stage1_backbone, scaled_channels
 from av1_ablation.record.contract import (BEST_VAL, DECISION_THRESHOLD, F1, KIND_STAGE1, KIND_TAG,
-                                          MODEL_CHECKPOINT, ROC_AUC, STAGE1_RUN_NAME, STAGE1_SCORE, TEST,
-                                          TRAINED_FOR_AUTO, TRAINED_FOR_TAG, VAL, VAL_LOSS, cfg_param,
-                                          parameter_count_metric)
+                                          MODEL_CHECKPOINT, ROC_AUC, SPLIT_FINGERPRINT_TAG, STAGE1_RUN_NAME,
+                                          STAGE1_SCORE, TEST, TRAINED_FOR_AUTO, TRAINED_FOR_TAG, VAL, VAL_LOSS,
+                                          cfg_param, parameter_count_metric)
 from av1_ablation.record.metrics import binary_metrics, f1_threshold
 from av1_ablation.training import config as config_mod
 from av1_ablation.training.config import STAGE1_PRESETS, Stage1Config
@@ -161,12 +161,17 @@ def resolve_stage1(spec: str, *, data: SplitData, width: float, device: str,
         run_id = (find_stage1_run(data, width, preset, qp_input)
                   or train_stage1_for(data, width, device, preset, qp_input))
         return _from_run(run_id)
+    fold = data.split.params.get("fold") if data.split.params.get("folds", 1) > 1 else None
     if RUN_ID.match(spec) and not Path(spec).exists():
-        return _from_run(spec)
+        return _from_run(spec, fold_split=None if fold is None else data.split.fingerprint)
     path = Path(spec).expanduser()
     if not path.is_file():
         raise UserError(f"stage1={spec!r} is neither 'auto', an MLflow run id, nor an existing "
                         "checkpoint file")
+    if fold is not None:
+        raise UserError(f"stage1={spec}: a checkpoint file cannot be checked against fold {fold}'s split, and a "
+                        "backbone trained on other folds' test pictures would leak them; with folds > 1 use "
+                        "stage1=auto (or the run id of this fold's Stage-1 run)")
     return Stage1Ref(None, str(path.resolve()), path)
 
 
@@ -239,7 +244,9 @@ def _stage1_preset(preset: str, width: float) -> str:
     return "paper" if float(width) == 1.0 else "cpu"
 
 
-def _from_run(run_id: str) -> Stage1Ref:
+def _from_run(run_id: str, fold_split: str | None = None) -> Stage1Ref:
+    """The checkpoint of a FINISHED Stage-1 run; ``fold_split``: the split fingerprint of the
+    cross-validation fold it must have been trained on."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -250,6 +257,9 @@ def _from_run(run_id: str) -> Stage1Ref:
     if kind != KIND_STAGE1 or run.info.status != "FINISHED":
         raise UserError(f"stage1={run_id} is not a FINISHED Stage-1 run (kind "
                         f"{kind}, status {run.info.status})")
+    if fold_split is not None and run.data.tags.get(SPLIT_FINGERPRINT_TAG) != fold_split:
+        raise UserError(f"stage1={run_id} was trained on another split than this cross-validation fold, so its "
+                        "training pictures may include pictures the fold tests; use stage1=auto")
     path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_CHECKPOINT)
     return Stage1Ref(run_id, f"run {run_id}", Path(path))
 

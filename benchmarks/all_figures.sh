@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Every measured figure of README.md and docs/, one script after the other on a quiet
+# machine (about 90 minutes on 2 cores). Each script's output goes to OUTDIR/<name>.out;
+# copy the figures from there, and name the commit printed first beside them
+# (tests/test_readme_results.py fails when av1_ablation/ has changed since that commit).
+#
+#   bash benchmarks/all_figures.sh [OUTDIR]      # run from the project root; needs `make setup`
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:-$(mktemp -d)}
+mkdir -p "$out"
+cd "$repo"
+echo "commit $(git rev-parse HEAD)$(git diff --quiet HEAD -- av1_ablation || echo ' (with uncommitted changes to av1_ablation/)'), output in $out"
+run() {
+  local name=$1; shift
+  "$@" > "$out/$name.out" 2>&1
+  echo "$name: exit $? at $(date +%H:%M:%S)"
+}
+run end_to_end bash benchmarks/end_to_end.sh "$out/e2e"
+run cross_validation env AV1_ABLATION_DATA="$out/e2e/data/embedded" bash benchmarks/cross_validation.sh "$out/cv" 5 2
+run throughput python benchmarks/train_throughput.py --device cpu
+run throughput_width1 python benchmarks/train_throughput.py --device cpu --width 1.0 --blocks 4000
+run concurrent python benchmarks/train_throughput.py --device cpu --concurrent 2
+run qp_label_conflicts python benchmarks/qp_label_conflicts.py
+run dataset_build python benchmarks/dataset_build.py
+run dataset_embedded bash -c "rm -rf '$out/ds' && /usr/bin/time -v av1-ablation dataset --out '$out/ds'"
+run qp_input_choice python benchmarks/qp_input_choice.py --work "$out/qpc"
+run model_variants python benchmarks/model_variants.py --work "$out/mv"
