@@ -4,6 +4,7 @@
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := build/.setup-stamp
+RAY_STAMP := build/.ray-stamp
 
 .PHONY: setup run test
 
@@ -19,5 +20,10 @@ $(STAMP): pyproject.toml
 run: setup
 	mlflow run . --env-manager local -P loss_type=asymmetric
 
-test: setup
+# the suite also runs the Ray executor on a real local Ray head: Ray is an optional extra
+$(RAY_STAMP): pyproject.toml
+	$(PYTHON) -m pip install -q -e ".[ray]"
+	mkdir -p build && touch $(RAY_STAMP)
+
+test: setup $(RAY_STAMP)
 	$(PYTHON) -m pytest

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every measured figure of README.md and docs/, one script after the other on a quiet
-# machine (about 90 minutes on 2 cores). Each script's output goes to OUTDIR/<name>.out;
+# machine (about 95 minutes on 2 cores). Each script's output goes to OUTDIR/<name>.out;
 # copy the figures from there, and name the commit printed first beside them
 # (tests/test_readme_results.py fails when av1_ablation/ has changed since that commit).
 #
@@ -18,6 +18,7 @@ run() {
 }
 run end_to_end bash benchmarks/end_to_end.sh "$out/e2e"
 run cross_validation env AV1_ABLATION_DATA="$out/e2e/data/embedded" bash benchmarks/cross_validation.sh "$out/cv" 5 2
+run scale_out bash benchmarks/scale_out.sh "$out/so"
 run throughput python benchmarks/train_throughput.py --device cpu
 run throughput_width1 python benchmarks/train_throughput.py --device cpu --width 1.0 --blocks 4000
 run concurrent python benchmarks/train_throughput.py --device cpu --concurrent 2

@@ -131,7 +131,7 @@ def test_non_finite_loss_is_one_line_and_debug_adds_the_traceback(tiny_dataset_t
 def test_thread_budget_divides_the_cores(monkeypatch):
     import argparse
 
-    from av1_ablation.training.ablation import child_command
+    from av1_ablation.training.children import child_command
     from av1_ablation.training.config import Stage2Config
     from av1_ablation.training.threads import available_cores, default_threads, thread_count
 

@@ -14,19 +14,10 @@ local tracking server, because SQLite is not safe for many writers.
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from pathlib import Path
 
 import mlflow
 import numpy as np
-import torch
 from mlflow.tracking import MlflowClient
 
 from av1_ablation.dataset.partitions import to_stage2
@@ -36,18 +27,18 @@ from av1_ablation.record.contract import (ABLATION_RUN_NAME, ALL_FOLDS, BEST_LOS
                                           FAILED_CHILDREN_TAG, FOLD_PARAM, JOBS_PARAM, KIND_ABLATION, KIND_STAGE2,
                                           KIND_TAG, LOSSES_PARAM, PARENT_RUN_TAG, REUSED_CHILDREN_TAG,
                                           SEEDS_PARAM, STAGE1_RUN_TAG, TEST_MACRO_F1, ablation_mean_metric,
-                                          arm_run_name, cfg_param, param_value)
+                                          cfg_param, param_value)
 from av1_ablation.training import config as config_mod
 from av1_ablation.training.config import STAGE2_PRESETS, Stage2Config
+from av1_ablation.training.children import child_name, train_in_subprocesses
 from av1_ablation.training.data import cross_validation_tags, load_split_data
+from av1_ablation.training.ray_executor import EXECUTORS, train_on_ray
 from av1_ablation.training.lifecycle import (experiment_id, fails_pending_run, finished_runs, log_new_params,
                                              tracked_run)
 from av1_ablation.training.stage1 import resolve_stage1
 from av1_ablation.training.stage2 import train_stage2
 from av1_ablation.training.threads import default_threads
 
-# workers import the same code as this process, installed or not
-PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 # The ablation's own variables: every child gets one of each (--losses x --seeds x folds).
 ARM_FIELDS = ("loss_type", "seed", "fold")
 
@@ -56,6 +47,11 @@ def configure(parser) -> None:
     parser.add_argument("--losses", default=",".join(LOSS_TYPES),
                         help="comma-separated loss types (default: all five)")
     parser.add_argument("--seeds", default="42,43,44", help="comma-separated seeds (default: 42,43,44)")
+    parser.add_argument("--executor", default="local", choices=EXECUTORS,
+                        help="where children train: processes on this machine (local, default) or Ray "
+                             "tasks (ray; pip install '.[ray]')")
+    parser.add_argument("--ray-address", default="", metavar="HOST:PORT",
+                        help="the Ray cluster of --executor ray (default: a local Ray instance for this run)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="children trained at once, each in a process of its own (default 1); "
                              "with GPUs, child i runs on GPU i mod the GPU count")
@@ -67,9 +63,12 @@ def run(args) -> int:
         losses, seeds = parse_arms(args.losses, args.seeds)
         if args.jobs < 1:
             raise UserError(f"jobs={args.jobs} must be >= 1")
+        if args.ray_address and args.executor != "ray":
+            raise UserError(f"--ray-address {args.ray_address} needs --executor ray")
         base = config_mod.from_args(Stage2Config, args, STAGE2_PRESETS, **dict.fromkeys(ARM_FIELDS))
     parent_id, failed = run_ablation(base, losses, seeds, jobs=args.jobs,
-                                     threads=getattr(args, "threads", None))
+                                     threads=getattr(args, "threads", None), executor=args.executor,
+                                     ray_address=args.ray_address or None)
     print(f"ablation run {parent_id}: {len(losses) * len(seeds) * base.folds - len(failed)} children finished"
           + (f", {len(failed)} failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
@@ -91,13 +90,14 @@ def parse_arms(losses: str, seeds: str) -> tuple[list[str], list[int]]:
 
 
 def run_ablation(base: Stage2Config, losses: list[str], seeds: list[int], *, jobs: int = 1,
-                 threads: int | None = None):
+                 threads: int | None = None, executor: str = "local", ray_address: str | None = None):
     """Train the missing children under one parent; returns (parent run id, failed child names).
 
     With ``base.folds = K > 1`` every loss and seed is trained once per fold, each fold on
     a Stage-1 backbone of its own (trained on that fold's training pictures only).
     ``threads``: CPU threads of each child trained in a process of its own (default: the
-    cores divided by ``jobs``)."""
+    cores divided by ``jobs``). ``executor="ray"`` submits the children to the Ray cluster
+    at ``ray_address`` (:mod:`~av1_ablation.training.ray_executor`)."""
     data = dict(enumerate(load_split_data(base, to_stage2, every_fold=True)))
     with tracked_run(kind=KIND_ABLATION, run_name=ABLATION_RUN_NAME,
                      tags=cross_validation_tags(list(data.values()))) as parent:
@@ -114,19 +114,29 @@ def run_ablation(base: Stage2Config, losses: list[str], seeds: list[int], *, job
         todo = [cfg for i, cfg in enumerate(arms) if i not in done]
         print(f"ablation: {len(arms)} children, {len(done)} already finished, {len(todo)} to train")
         child_ids = {cfg: MlflowClient().create_run(
-            experiment_id(), run_name=arm_run_name(cfg.loss_type, cfg.seed, cfg.folds, cfg.fold),
+            experiment_id(), run_name=child_name(cfg),
             tags={PARENT_RUN_TAG: parent.info.run_id, KIND_TAG: KIND_STAGE2}).info.run_id for cfg in todo}
         mlflow.set_tags({CHILDREN_TAG: ",".join([*done.values(), *child_ids.values()]),
                          REUSED_CHILDREN_TAG: ",".join(done.values())})
-        if jobs == 1:
-            failed = [name for cfg, rid in child_ids.items()
-                      if (name := _train_in_process(cfg, rid, data[cfg.fold]))]
-        else:
-            failed = _train_in_subprocesses(child_ids, jobs, threads or default_threads(jobs))
-        log_parent_summary([*done.values(), *child_ids.values()])
+        failed, retries = _train_children(child_ids, data, jobs, threads, executor, ray_address,
+                                          parent.info.run_id)
+        if retries:
+            mlflow.set_tag(CHILDREN_TAG, ",".join([*done.values(), *child_ids.values(), *retries]))
+        log_parent_summary([*done.values(), *child_ids.values(), *retries])
         if failed:
             mlflow.set_tag(FAILED_CHILDREN_TAG, ",".join(failed))
         return parent.info.run_id, failed
+
+
+def _train_children(child_ids: dict, data: dict, jobs: int, threads: int | None, executor: str,
+                    ray_address: str | None, parent_id: str) -> tuple[list[str], list[str]]:
+    """Train the children where ``executor`` says; returns the failed names and retry run ids."""
+    if executor == "ray":
+        return train_on_ray(child_ids, threads or default_threads(jobs), ray_address, parent_id)
+    if jobs == 1:
+        return [name for cfg, rid in child_ids.items()
+                if (name := _train_in_process(cfg, rid, data[cfg.fold]))], []
+    return train_in_subprocesses(child_ids, jobs, threads or default_threads(jobs)), []
 
 
 def finished_twin(cfg: Stage2Config, data) -> str | None:
@@ -142,80 +152,13 @@ def finished_twin(cfg: Stage2Config, data) -> str | None:
 
 
 def _train_in_process(cfg: Stage2Config, run_id: str, data) -> str | None:
-    name = arm_run_name(cfg.loss_type, cfg.seed, cfg.folds, cfg.fold)
+    name = child_name(cfg)
     try:
         train_stage2(cfg, run_id=run_id, stage1_run_id=cfg.stage1, data=data)
     except Exception as exc:  # the child is already marked FAILED with the reason
         print(f"child {name} failed: {exc}", file=sys.stderr)
         return name
     return None
-
-
-def child_command(cfg: Stage2Config, threads: int) -> list[str]:
-    """The ``train`` command line of one child trained in a process of its own."""
-    args = [sys.executable, "-m", "av1_ablation", "train", "--threads", str(threads)]
-    return args + config_mod.to_arguments(cfg)
-
-
-def _train_in_subprocesses(child_ids: dict, jobs: int, threads: int) -> list[str]:
-    n_gpus = torch.cuda.device_count()
-
-    def launch(item):
-        i, (cfg, run_id) = item
-        device = f"cuda:{i % n_gpus}" if n_gpus and cfg.device in ("auto", "cuda") else cfg.device
-        args = child_command(dataclasses.replace(cfg, device=device), threads)
-        env = {**os.environ, "MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": experiment_id(),
-               "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
-        ok = subprocess.run(args, env=env).returncode == 0
-        if not ok and MlflowClient().get_run(run_id).info.status == "RUNNING":
-            MlflowClient().set_terminated(run_id, "FAILED")
-        return None if ok else arm_run_name(cfg.loss_type, cfg.seed, cfg.folds, cfg.fold)
-
-    with tracking_server_for_workers():
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            results = list(pool.map(launch, enumerate(child_ids.items())))
-    return [r for r in results if r]
-
-
-@contextmanager
-def tracking_server_for_workers():
-    """Route the workers' writes through one local ``mlflow server`` when the store is a
-    local database file; remote (http) stores already serialise writes."""
-    uri = mlflow.get_tracking_uri()
-    if not uri.startswith("sqlite:"):
-        yield uri
-        return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise UserError(f"could not start a local tracking server for --jobs "
-                                    f"(mlflow server on {url}); use --jobs 1") from None
-                time.sleep(0.5)
-        saved = os.environ.get("MLFLOW_TRACKING_URI")
-        os.environ["MLFLOW_TRACKING_URI"] = url
-        try:
-            yield url
-        finally:
-            if saved is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = saved
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def log_parent_summary(child_ids: list[str]) -> None:

@@ -1,0 +1,120 @@
+"""Training the children of an ablation in processes of their own.
+
+Each child is the ``train`` command of one loss, seed and fold, started with the
+run id the parent created for it (``MLFLOW_RUN_ID``). Children that write at once
+need a store that serialises writes: a local SQLite file is put behind one
+``mlflow server`` on the loopback address for as long as they run. The local
+executor runs ``--jobs`` of them at a time on this machine; the Ray executor
+(:mod:`av1_ablation.training.ray_executor`) submits the same commands to a cluster.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from av1_ablation.errors import UserError
+from av1_ablation.record.contract import arm_run_name
+from av1_ablation.training import config as config_mod
+from av1_ablation.training.config import Stage2Config
+from av1_ablation.training.lifecycle import experiment_id, fail_pending_run
+
+# workers import the same code as this process, installed or not
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def child_name(cfg: Stage2Config) -> str:
+    return arm_run_name(cfg.loss_type, cfg.seed, cfg.folds, cfg.fold)
+
+
+def child_command(cfg: Stage2Config, threads: int) -> list[str]:
+    """The ``train`` command line of one child trained in a process of its own."""
+    args = [sys.executable, "-m", "av1_ablation", "train", "--threads", str(threads)]
+    return args + config_mod.to_arguments(cfg)
+
+
+def child_env(run_id: str) -> dict[str, str]:
+    """What a child's environment adds to this one: its run, the experiment, the tracking
+    store (as this process sees it, a local server included) and the package."""
+    return {"MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": experiment_id(),
+            "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+            "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
+
+
+def end_failed_child(run_id: str, reason: str) -> None:
+    """A child that ended without closing its run (killed, or dead before it started) is
+    FAILED with ``reason``; one that closed its run keeps its own status and reason."""
+    if MlflowClient().get_run(run_id).info.status == "RUNNING":
+        fail_pending_run(reason, run_id)
+
+
+def train_in_subprocesses(child_ids: dict, jobs: int, threads: int) -> list[str]:
+    """Train ``jobs`` children at a time on this machine; returns the names of the failed ones."""
+    import torch
+
+    n_gpus = torch.cuda.device_count()
+
+    def launch(item):
+        i, (cfg, run_id) = item
+        device = f"cuda:{i % n_gpus}" if n_gpus and cfg.device in ("auto", "cuda") else cfg.device
+        args = child_command(dataclasses.replace(cfg, device=device), threads)
+        code = subprocess.run(args, env={**os.environ, **child_env(run_id)}).returncode
+        if code != 0:
+            end_failed_child(run_id, f"the child process exited with status {code}")
+        return None if code == 0 else child_name(cfg)
+
+    with tracking_server_for_workers():
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            results = list(pool.map(launch, enumerate(child_ids.items())))
+    return [r for r in results if r]
+@contextmanager
+def tracking_server_for_workers():
+    """Route the workers' writes through one local ``mlflow server`` when the store is a
+    local database file; remote (http) stores already serialise writes."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:"):
+        yield uri
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise UserError(f"could not start a local tracking server for --jobs "
+                                    f"(mlflow server on {url}); use --jobs 1") from None
+                time.sleep(0.5)
+        saved = os.environ.get("MLFLOW_TRACKING_URI")
+        os.environ["MLFLOW_TRACKING_URI"] = url
+        try:
+            yield url
+        finally:
+            if saved is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = saved
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+

@@ -1,0 +1,117 @@
+"""``ablation --executor ray`` on a real Ray head and a real ``mlflow server``, both on the
+loopback address, with one Ray worker killed while it trains."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Both ends must agree on Ray's token authentication, whatever an earlier local Ray left in
+# ~/.ray; a head on the loopback address needs none.
+RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def tracking_server(tmp_path):
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "served"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        try:
+            return urllib.request.urlopen(f"{url}/health", timeout=2).status == 200
+        except OSError:
+            return False
+    try:
+        _wait(up, 120, "mlflow server")
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+@pytest.fixture
+def ray_head():
+    pytest.importorskip("ray", reason="the Ray executor's test needs Ray: pip install '.[ray]' (make test does)")
+    port = _free_port()
+    subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                    "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+                   check=True, capture_output=True, env=RAY_ENV)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=RAY_ENV)
+
+
+def _train_processes() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "av1_ablation train"], capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.slow
+def test_ray_executor_trains_every_child_and_retries_one_whose_worker_died(
+        tiny_dataset_two_qps, tracking_server, ray_head, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_server)
+    exp = client.create_experiment("ray")
+    env = {**RAY_ENV, "MLFLOW_TRACKING_URI": tracking_server, "MLFLOW_EXPERIMENT_ID": exp}
+    env.pop("MLFLOW_RUN_ID", None)
+    ablation = subprocess.Popen(
+        [sys.executable, "-m", "av1_ablation", "ablation", "--executor", "ray", "--ray-address", ray_head,
+         "--losses", "baseline,poly", "--seeds", "1,2", "--jobs", "2", "--data", str(tiny_dataset_two_qps),
+         "--preset", "smoke", "--batch-size", "16", "--epochs", "3"],
+        cwd=REPO, env=env, stdout=open(tmp_path / "ablation.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        found = _wait(lambda: _train_processes() or ablation.poll() is not None, 300,
+                      "a child training on a Ray worker")
+        assert found is not True, (tmp_path / "ablation.log").read_text()[-3000:]  # it ended first
+        first = found[0]
+        time.sleep(1.0)
+        os.kill(_parent_of(first), signal.SIGKILL)  # the Ray worker running it
+        assert ablation.wait(timeout=600) == 0, (tmp_path / "ablation.log").read_text()[-3000:]
+    finally:
+        if ablation.poll() is None:
+            ablation.kill()
+    log = (tmp_path / "ablation.log").read_text()
+    (parent,) = client.search_runs([exp], "tags.`av1.kind` = 'ablation'")
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert sorted(c.info.run_name for c in finished) == sorted(
+        f"{loss}-seed{seed}" for loss in ("baseline", "poly") for seed in (1, 2)), log[-3000:]
+    (lost,) = [c for c in children if c.info.status != "FINISHED"]
+    assert lost.info.status == "FAILED" and "Ray worker died" in lost.data.tags["av1.failure_reason"]
+    assert "training it again as run" in log
+    assert client.list_artifacts(finished[0].info.run_id, "predictions")
