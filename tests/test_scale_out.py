@@ -71,12 +71,23 @@ def ray_head():
 
 
 def _train_processes() -> list[int]:
+    """The children training in a Ray worker (whose command line reads ``ray::...``)."""
     out = subprocess.run(["pgrep", "-f", "av1_ablation train"], capture_output=True, text=True).stdout
-    return [int(pid) for pid in out.split()]
+    return [int(pid) for pid in out.split() if _command_line(_parent_of(int(pid))).startswith("ray::")]
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 def _parent_of(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
 
 
 @pytest.mark.slow
@@ -90,7 +101,7 @@ def test_ray_executor_trains_every_child_and_retries_one_whose_worker_died(
     env.pop("MLFLOW_RUN_ID", None)
     ablation = subprocess.Popen(
         [sys.executable, "-m", "av1_ablation", "ablation", "--executor", "ray", "--ray-address", ray_head,
-         "--losses", "baseline,poly", "--seeds", "1,2", "--jobs", "2", "--data", str(tiny_dataset_two_qps),
+         "--losses", "baseline,poly", "--seeds", "1,2", "--threads", "1", "--data", str(tiny_dataset_two_qps),
          "--preset", "smoke", "--batch-size", "16", "--epochs", "3"],
         cwd=REPO, env=env, stdout=open(tmp_path / "ablation.log", "w"), stderr=subprocess.STDOUT)
     try:
@@ -115,3 +126,22 @@ def test_ray_executor_trains_every_child_and_retries_one_whose_worker_died(
     assert lost.info.status == "FAILED" and "Ray worker died" in lost.data.tags["av1.failure_reason"]
     assert "training it again as run" in log
     assert client.list_artifacts(finished[0].info.run_id, "predictions")
+
+    # SIGTERM to the parent while children train: every run ends, none is left RUNNING
+    exp2 = client.create_experiment("ray-stopped")
+    stopped = subprocess.Popen(
+        [sys.executable, "-m", "av1_ablation", "ablation", "--executor", "ray", "--ray-address", ray_head,
+         "--losses", "baseline,poly", "--seeds", "3,4", "--threads", "1", "--data", str(tiny_dataset_two_qps),
+         "--preset", "smoke", "--batch-size", "16", "--epochs", "3"],
+        cwd=REPO, env={**env, "MLFLOW_EXPERIMENT_ID": exp2}, stdout=open(tmp_path / "stopped.log", "w"),
+        stderr=subprocess.STDOUT)
+    try:
+        _wait(lambda: _train_processes() or stopped.poll() is not None, 300, "a child of the second ablation")
+        stopped.send_signal(signal.SIGTERM)
+        assert stopped.wait(timeout=120) == 143, (tmp_path / "stopped.log").read_text()[-3000:]
+    finally:
+        if stopped.poll() is None:
+            stopped.kill()
+    runs = client.search_runs([exp2], "")
+    assert runs and not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    assert {r.info.status for r in runs} <= {"KILLED", "FINISHED"}

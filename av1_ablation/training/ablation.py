@@ -23,18 +23,17 @@ from mlflow.tracking import MlflowClient
 from av1_ablation.dataset.partitions import to_stage2
 from av1_ablation.errors import UserError
 from av1_ablation.losses import LOSS_TYPES
-from av1_ablation.record.contract import (ABLATION_RUN_NAME, ALL_FOLDS, BEST_LOSS_TAG, BEST_RUN_TAG, CHILDREN_TAG,
-                                          FAILED_CHILDREN_TAG, FOLD_PARAM, JOBS_PARAM, KIND_ABLATION, KIND_STAGE2,
-                                          KIND_TAG, LOSSES_PARAM, PARENT_RUN_TAG, REUSED_CHILDREN_TAG,
+from av1_ablation.record.contract import (ABLATION_RUN_NAME, ALL_FOLDS, BEST_LOSS_TAG, BEST_RUN_TAG,
+                                          CHILDREN_TAG, FAILED_CHILDREN_TAG, FOLD_PARAM, JOBS_PARAM,
+                                          KIND_ABLATION, KIND_STAGE2, LOSSES_PARAM, REUSED_CHILDREN_TAG,
                                           SEEDS_PARAM, STAGE1_RUN_TAG, TEST_MACRO_F1, ablation_mean_metric,
                                           cfg_param, param_value)
 from av1_ablation.training import config as config_mod
 from av1_ablation.training.config import STAGE2_PRESETS, Stage2Config
-from av1_ablation.training.children import child_name, train_in_subprocesses
+from av1_ablation.training.children import child_name, new_child_run, train_in_subprocesses
 from av1_ablation.training.data import cross_validation_tags, load_split_data
+from av1_ablation.training.lifecycle import fails_pending_run, finished_runs, log_new_params, tracked_run
 from av1_ablation.training.ray_executor import EXECUTORS, train_on_ray
-from av1_ablation.training.lifecycle import (experiment_id, fails_pending_run, finished_runs, log_new_params,
-                                             tracked_run)
 from av1_ablation.training.stage1 import resolve_stage1
 from av1_ablation.training.stage2 import train_stage2
 from av1_ablation.training.threads import default_threads
@@ -113,9 +112,7 @@ def run_ablation(base: Stage2Config, losses: list[str], seeds: list[int], *, job
         done = {i: run_id for i, cfg in enumerate(arms) if (run_id := finished_twin(cfg, data[cfg.fold]))}
         todo = [cfg for i, cfg in enumerate(arms) if i not in done]
         print(f"ablation: {len(arms)} children, {len(done)} already finished, {len(todo)} to train")
-        child_ids = {cfg: MlflowClient().create_run(
-            experiment_id(), run_name=child_name(cfg),
-            tags={PARENT_RUN_TAG: parent.info.run_id, KIND_TAG: KIND_STAGE2}).info.run_id for cfg in todo}
+        child_ids = {cfg: new_child_run(cfg, parent.info.run_id) for cfg in todo}
         mlflow.set_tags({CHILDREN_TAG: ",".join([*done.values(), *child_ids.values()]),
                          REUSED_CHILDREN_TAG: ",".join(done.values())})
         failed, retries = _train_children(child_ids, data, jobs, threads, executor, ray_address,

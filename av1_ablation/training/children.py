@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from av1_ablation.errors import UserError
-from av1_ablation.record.contract import arm_run_name
+from av1_ablation.record.contract import KIND_STAGE2, KIND_TAG, PARENT_RUN_TAG, arm_run_name
 from av1_ablation.training import config as config_mod
 from av1_ablation.training.config import Stage2Config
 from av1_ablation.training.lifecycle import experiment_id, fail_pending_run
@@ -43,19 +44,32 @@ def child_command(cfg: Stage2Config, threads: int) -> list[str]:
     return args + config_mod.to_arguments(cfg)
 
 
-def child_env(run_id: str) -> dict[str, str]:
+def child_env(run_id: str, tracking_uri: str) -> dict[str, str]:
     """What a child's environment adds to this one: its run, the experiment, the tracking
-    store (as this process sees it, a local server included) and the package."""
+    store the children write to (from :func:`tracking_server_for_workers`) and the package."""
     return {"MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": experiment_id(),
-            "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+            "MLFLOW_TRACKING_URI": tracking_uri,
             "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
 
 
-def end_failed_child(run_id: str, reason: str) -> None:
+def new_child_run(cfg: Stage2Config, parent_id: str) -> str:
+    """Create the run of one child under the ablation parent (it starts when the child does)."""
+    return MlflowClient().create_run(experiment_id(), run_name=child_name(cfg),
+                                     tags={PARENT_RUN_TAG: parent_id, KIND_TAG: KIND_STAGE2}).info.run_id
+
+
+def end_failed_child(run_id: str, reason: str, status: str = "FAILED") -> None:
     """A child that ended without closing its run (killed, or dead before it started) is
-    FAILED with ``reason``; one that closed its run keeps its own status and reason."""
+    ``status`` with ``reason``; one that closed its run keeps its own status and reason."""
     if MlflowClient().get_run(run_id).info.status == "RUNNING":
-        fail_pending_run(reason, run_id)
+        fail_pending_run(reason, run_id, status=status)
+
+
+def exit_reason(code: int) -> str:
+    """Why a child process ended, from its exit status."""
+    if code < 0:
+        return f"the child process was killed by signal {-code} ({signal.Signals(-code).name})"
+    return f"the child process exited with status {code}"
 
 
 def train_in_subprocesses(child_ids: dict, jobs: int, threads: int) -> list[str]:
@@ -68,15 +82,17 @@ def train_in_subprocesses(child_ids: dict, jobs: int, threads: int) -> list[str]
         i, (cfg, run_id) = item
         device = f"cuda:{i % n_gpus}" if n_gpus and cfg.device in ("auto", "cuda") else cfg.device
         args = child_command(dataclasses.replace(cfg, device=device), threads)
-        code = subprocess.run(args, env={**os.environ, **child_env(run_id)}).returncode
+        code = subprocess.run(args, env={**os.environ, **child_env(run_id, uri)}).returncode
         if code != 0:
-            end_failed_child(run_id, f"the child process exited with status {code}")
+            end_failed_child(run_id, exit_reason(code))
         return None if code == 0 else child_name(cfg)
 
-    with tracking_server_for_workers():
+    with tracking_server_for_workers() as uri:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             results = list(pool.map(launch, enumerate(child_ids.items())))
     return [r for r in results if r]
+
+
 @contextmanager
 def tracking_server_for_workers():
     """Route the workers' writes through one local ``mlflow server`` when the store is a
@@ -101,8 +117,9 @@ def tracking_server_for_workers():
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise UserError(f"could not start a local tracking server for --jobs "
-                                    f"(mlflow server on {url}); use --jobs 1") from None
+                    raise UserError(f"could not start a local tracking server for the children (mlflow "
+                                    f"server on {url}); use --jobs 1, or start `mlflow server` and set "
+                                    "MLFLOW_TRACKING_URI=http://HOST:PORT") from None
                 time.sleep(0.5)
         saved = os.environ.get("MLFLOW_TRACKING_URI")
         os.environ["MLFLOW_TRACKING_URI"] = url
