@@ -12,21 +12,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-$(mktemp -d)}
 folds=${2:-5}
 jobs=${3:-2}
-mkdir -p "$work"
-export MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db"
-cd "$repo"
-exp="cv-$(date +%s)"
-export MLFLOW_EXPERIMENT_ID=$(python -c "import mlflow,sys; print(mlflow.create_experiment(sys.argv[1], artifact_location=sys.argv[2]))" "$exp" "file://$work/artifacts")
-
-step() {
-  local name=$1; shift
-  local t0=$(date +%s.%N)
-  "$@" > "$work/$name.log" 2>&1 || { echo "step $name failed, see $work/$name.log"; exit 1; }
-  echo "TIME $name $(python -c "print(round($(date +%s.%N) - $t0, 1))")"
-}
-
-echo "machine: $(nproc) cores, $(python -c 'import torch; print("torch", torch.__version__)'), work dir $work"
-echo "commit: $(git rev-parse HEAD)$(git diff --quiet HEAD -- av1_ablation || echo ' (with uncommitted changes to av1_ablation/)')"
+source "$repo/benchmarks/steps.sh"
+fresh_experiment cv
 echo "folds: $folds, jobs: $jobs"
 step ablation_folds mlflow run . --env-manager local -e ablation -P folds="$folds" -P jobs="$jobs"
 step reference_folds mlflow run . --env-manager local -e reference -P folds="$folds"

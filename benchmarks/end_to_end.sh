@@ -10,23 +10,9 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-$(mktemp -d)}
-mkdir -p "$work"
-export MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db"
 export AV1_ABLATION_DATA="$work/data/embedded"
-cd "$repo"
-# a fresh experiment whose artifacts live in $work
-exp="e2e-$(date +%s)"
-export MLFLOW_EXPERIMENT_ID=$(python -c "import mlflow,sys; print(mlflow.create_experiment(sys.argv[1], artifact_location=sys.argv[2]))" "$exp" "file://$work/artifacts")
-
-step() {
-  local name=$1; shift
-  local t0=$(date +%s.%N)
-  "$@" > "$work/$name.log" 2>&1 || { echo "step $name failed, see $work/$name.log"; exit 1; }
-  echo "TIME $name $(python -c "print(round($(date +%s.%N) - $t0, 1))")"
-}
-
-echo "machine: $(nproc) cores, $(python -c 'import torch; print("torch", torch.__version__)'), work dir $work"
-echo "commit: $(git rev-parse HEAD)$(git diff --quiet HEAD -- av1_ablation || echo ' (with uncommitted changes to av1_ablation/)')"
+source "$repo/benchmarks/steps.sh"
+fresh_experiment e2e
 step first_run mlflow run . --env-manager local -P loss_type=asymmetric
 step later_arm mlflow run . --env-manager local -P loss_type=poly
 step ablation mlflow run . --env-manager local -e ablation
