@@ -4,12 +4,22 @@ Each (source, QP) pair is one intra-only aomenc encode of the source's selected
 frames; encodes run in parallel (each aomenc single-threaded, so the labels do
 not depend on the machine). The blocks are the *source* pixels of every
 existing 16x16 node, the labels the partition type libaom chose for it.
+
+A build is resumable: each finished encode's labels are kept in ``<out>.partial/``
+under a key of everything that determines them (the frames' pixels, the QP, the
+encoder settings and tool versions), so an interrupted build continues from its
+finished encodes and gives the same store as an uninterrupted one. ``--out`` is
+written only once complete, and ``<out>.partial/`` is removed then.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
 import os
+import shutil
 import tempfile
+from types import SimpleNamespace
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -17,8 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from av1_ablation import __version__
-from av1_ablation.dataset import aomenc, decoder, importers, sources as src_mod
+from av1_ablation.dataset import aomenc, decoder, importers, packaged, sources as src_mod
 from av1_ablation.dataset.labels import ABSENT, node_labels
+from av1_ablation.dataset.partitions import to_stage2
+from av1_ablation.dataset.split import make_split
 from av1_ablation.dataset.store import class_counts, read_manifest, write_store
 from av1_ablation.errors import UserError
 
@@ -67,8 +79,11 @@ def build_dataset(sources: list[str], out, *, qps=DEFAULT_QPS, cpu_used=2, jobs=
     Parameters
     ----------
     sources : list of str
-        ``embedded``, ``embedded:NAME``, ``.y4m``/``.yuv``/``.png``/``.jpg``
-        paths, ``legacy-raw:DIR`` or ``legacy-pt:FILE``.
+        ``embedded``, ``embedded:NAME``, ``extended``, ``extended:NAME``,
+        ``.y4m``/``.yuv``/``.png``/``.jpg``/``.mp4`` paths, ``legacy-raw:DIR`` or
+        ``legacy-pt:FILE``. ``extended`` (the embedded photos plus the packaged
+        ones, see :mod:`~av1_ablation.dataset.packaged`) also asks the store's
+        split for at least 6 validation and 8 test sources.
     out : path-like
         Store directory.
     qps : sequence of int, default=(20, 32, 43, 55)
@@ -125,11 +140,14 @@ def build_dataset(sources: list[str], out, *, qps=DEFAULT_QPS, cpu_used=2, jobs=
         "settings": settings,
         "tools": {"aomenc": aomenc.aomenc_version(), "libaom": decoder.libaom_version()},
     }
+    if "extended" in sources:
+        request["split_min_sources"] = packaged.MIN_SPLIT_SOURCES
     if _reusable(out, request, overwrite):
         return out
 
     started = time.perf_counter()
-    arrays, encodes, absent = _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress)
+    partial = out.with_name(out.name + ".partial")
+    arrays, encodes, absent = _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress, partial)
     elapsed = time.perf_counter() - started
     per_qp = {str(q): class_counts(arrays["labels"][arrays["qindex"] == cq_to_qindex(q)]) for q in qps}
     manifest = {
@@ -152,7 +170,29 @@ def build_dataset(sources: list[str], out, *, qps=DEFAULT_QPS, cpu_used=2, jobs=
         "encode_seconds": round(sum(e["seconds"] for e in encodes), 2),
         "blocks_per_second": round(len(arrays["labels"]) / max(elapsed, 1e-9), 1),
     }
-    return write_store(out, arrays, manifest, overwrite=overwrite)
+    if sum(e.get("resumed", False) for e in encodes):
+        manifest["resumed_encodes"] = sum(e.get("resumed", False) for e in encodes)
+    if "split_min_sources" in request:
+        manifest["split_min_sources"] = request["split_min_sources"]
+    manifest["default_split"] = _default_split(arrays, manifest)
+    write_store(out, arrays, manifest, overwrite=overwrite)
+    shutil.rmtree(partial, ignore_errors=True)
+    return out
+
+
+def _default_split(arrays: dict, manifest: dict) -> dict:
+    """Sources and blocks per split of the training commands' default split (seed 0)."""
+
+    store = SimpleNamespace(path="(this store)", labels=arrays["labels"], source=arrays["source"],
+                            manifest=manifest, fingerprint="")
+    try:
+        split = make_split(store)
+    except UserError as exc:  # too few sources for a source split: train with mode=random
+        return {"note": str(exc)}
+    parts = {k: getattr(split, k) for k in ("train", "val", "test")}
+    return {"seed": 0, "fractions": split.params["fractions"], "sources": split.params["source_counts"],
+            "blocks": {k: len(v) for k, v in parts.items()},
+            "stage2_blocks": {k: int((to_stage2(arrays["labels"][v]) >= 0).sum()) for k, v in parts.items()}}
 
 
 def _reusable(out: Path, request: dict, overwrite: bool) -> bool:
@@ -172,8 +212,9 @@ def _reusable(out: Path, request: dict, overwrite: bool) -> bool:
 
 
 def _encode_one(frames: np.ndarray, y4m: Path, qp: int, cpu_used: int, allintra: bool, workdir: Path,
-                encoders: aomenc.EncoderGroup | None = None):
-    """Encode one source at one QP; return its label grids (F, H/16, W/16) and the encode record."""
+                encoders: aomenc.EncoderGroup | None = None, keep: Path | None = None):
+    """Encode one source at one QP; return its label grids (F, H/16, W/16) and the encode record
+    (also saved to ``keep``, for a resumed build)."""
     args = aomenc.encode_args(cq_level=qp, cpu_used=cpu_used, frames=len(frames), allintra=allintra)
     ivf = workdir / f"{y4m.stem}_q{qp}.ivf"
     t0 = time.perf_counter()
@@ -190,12 +231,42 @@ def _encode_one(frames: np.ndarray, y4m: Path, qp: int, cpu_used: int, allintra:
         raise RuntimeError(f"{y4m.name} at cq {qp}: decoded {len(grids)} frames, encoded {n}")
     ivf.unlink()
     record = {"qp": qp, "args": ["aomenc", *args, "-o", ivf.name, y4m.name], "seconds": round(seconds, 2)}
-    return np.stack(grids), record
+    grids = np.stack(grids)
+    if keep is not None:
+        tmp = keep.with_name(keep.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, grids=grids, record=np.array(json.dumps(record)))
+        os.replace(tmp, keep)  # a finished encode is either kept whole or not at all
+    return grids, record
 
 
-def _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress):
+def _encode_key(luma: np.ndarray, qp: int, cpu_used: int, allintra: bool) -> str:
+    """What determines an encode's labels: the frames' pixels, the QP, the settings, the tools."""
+    h = hashlib.sha256(json.dumps([list(luma.shape), qp, cpu_used, allintra, aomenc.aomenc_version(),
+                                   decoder.libaom_version()]).encode())
+    h.update(np.ascontiguousarray(luma).tobytes())
+    return h.hexdigest()[:32]
+
+
+def _finished(path: Path):
+    """The labels and record of an encode a previous, interrupted build finished, or None."""
+    try:
+        with np.load(path) as z:
+            return z["grids"], {**json.loads(str(z["record"])), "resumed": True}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress, partial: Path):
     jobs = jobs or os.cpu_count() or 1
     encoders = aomenc.EncoderGroup()
+    partial.mkdir(parents=True, exist_ok=True)
+    keys = {(i, qp): partial / f"{_encode_key(r.luma, qp, cpu_used, allintra)}.npz"
+            for i, r in enumerate(read) for qp in qps}
+    done = {k: got for k, path in keys.items() if path.is_file() and (got := _finished(path)) is not None}
+    if done:
+        print(f"{partial}: resuming an interrupted build, {len(done)} of {len(keys)} encodes already "
+              "finished", flush=True)
     with tempfile.TemporaryDirectory(prefix="av1-ablation-encode-") as tmp:
         tmp = Path(tmp)
         # Threads suffice: the work happens in aomenc processes and in libaom,
@@ -205,12 +276,15 @@ def _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress):
             try:
                 # Largest sources first, so that no long encode is left alone at the end.
                 for i in sorted(range(len(read)), key=lambda k: -read[k].luma.size):
+                    todo = [qp for qp in qps if (i, qp) not in done]
+                    if not todo:
+                        continue
                     y4m = tmp / f"source{i:04d}.y4m"
                     src_mod.write_y4m(y4m, read[i].luma)
-                    for qp in qps:
+                    for qp in todo:
                         futures[i, qp] = pool.submit(_encode_one, read[i].luma, y4m, qp, cpu_used,
-                                                     allintra, tmp, encoders)
-                _wait_for_encodes(futures, progress)
+                                                     allintra, tmp, encoders, keys[i, qp])
+                _wait_for_encodes(futures, {k: len(read[k[0]].indices) for k in futures}, progress)
             except BaseException:
                 # Ctrl-C, SIGTERM or a failed encode: stop the other encoders now, so that
                 # the pool's exit does not wait for them and the directory they write
@@ -223,7 +297,7 @@ def _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress):
         absent = {"total": 0, "per_qp": {str(q): 0 for q in qps}}
         for i, r in enumerate(read):
             for qp in qps:
-                grids, record = futures[i, qp].result()
+                grids, record = done[i, qp] if (i, qp) in done else futures[i, qp].result()
                 encodes.append({"source": i, **record})
                 absent["per_qp"][str(qp)] += int((grids == ABSENT).sum())
                 parts.append(_gather(r, i, cq_to_qindex(qp), grids))
@@ -232,21 +306,26 @@ def _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress):
     return arrays, encodes, absent
 
 
-def _wait_for_encodes(futures: dict, progress: bool) -> None:
+def _wait_for_encodes(futures: dict, frames: dict, progress: bool) -> None:
     """Wait for every encode, with a progress bar on a terminal and a line per tenth of the
-    encodes in a log; the first failure is raised."""
+    encodes in a log, both with frames per minute and blocks per second; the first failure
+    is raised."""
     from tqdm import tqdm
 
     t0, total = time.perf_counter(), len(futures)
-    every = max(1, total // 10)
+    every, n_frames, n_blocks = max(1, total // 10), 0, 0
+    key_of = {fut: key for key, fut in futures.items()}
     with tqdm(total=total, desc="encodes", unit="enc", disable=None if progress else True) as bar:
         for done, fut in enumerate(as_completed(list(futures.values())), 1):
-            fut.result()
+            grids, _ = fut.result()
+            n_frames += frames[key_of[fut]]
+            n_blocks += int((grids != ABSENT).sum())
+            seconds = max(time.perf_counter() - t0, 1e-9)
+            rates = f"{60 * n_frames / seconds:.1f} frames/min, {n_blocks / seconds:.0f} blocks/s"
+            bar.set_postfix_str(rates, refresh=False)
             bar.update()
             if progress and bar.disable and (done % every == 0 or done == total):
-                seconds = time.perf_counter() - t0
-                print(f"encodes: {done}/{total} done in {seconds:.0f} s "
-                      f"({60 * done / max(seconds, 1e-9):.1f} per minute)", flush=True)
+                print(f"encodes: {done}/{total} done in {seconds:.0f} s ({rates})", flush=True)
 
 
 def _gather(r, source_id: int, qindex: int, grids: np.ndarray) -> dict:

@@ -1,10 +1,12 @@
-"""Reading sources (bundled photos, Y4M, raw YUV, PNG/JPEG) into 10-bit luma frames.
+"""Reading sources (bundled photos, packaged photos, Y4M, raw YUV, PNG/JPEG, video
+clips) into 10-bit luma frames.
 
 Every source becomes a stack of 10-bit luma frames (uint16, 0..1023), centre
 cropped to a multiple of 64 so that superblocks, and therefore 16x16 nodes,
 never straddle the picture border (border nodes have forced partitions).
 8-bit pictures are up-shifted (``<< 2``); colour pictures are reduced to luma
-with the BT.601 weights (0.299, 0.587, 0.114), full range.
+with the BT.601 weights (0.299, 0.587, 0.114), full range. Compressed video
+clips (``.mp4`` etc., decoded with PyAV) give their decoded Y plane as is.
 """
 from __future__ import annotations
 
@@ -40,7 +42,9 @@ EMBEDDED: dict[str, str] = {
     "text": "text",
     "cell": "cell",
 }
-SOURCE_KINDS = ("embedded", "embedded:NAME", ".y4m", ".yuv", ".png", ".jpg", "legacy-raw:DIR", "legacy-pt:FILE")
+SOURCE_KINDS = ("embedded", "embedded:NAME", "extended", "extended:NAME", ".y4m", ".yuv", ".png", ".jpg",
+                ".mp4", "legacy-raw:DIR", "legacy-pt:FILE")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 MIN_SIDE = 64
 _PICTURE_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 _Y4M_CHROMA = {  # colour space tag -> (bit depth, chroma samples per luma sample)
@@ -54,10 +58,14 @@ _Y4M_CHROMA = {  # colour space tag -> (bit depth, chroma samples per luma sampl
 class Source:
     """One source of pictures, as requested on the command line."""
 
-    kind: str  # embedded | y4m | yuv | image | legacy-raw | legacy-pt
+    kind: str  # embedded | y4m | yuv | image | video | legacy-raw | legacy-pt
     name: str
     spec: str  # canonical spec (absolute path for files)
     path: Path | None = None
+    # a packaged picture or clip brings its own treatment (see dataset.packaged)
+    origin: str | None = None
+    downscale: int = 1
+    frame_step: int | None = None  # overrides --frame-step; --frames/--max-frames do not apply
 
 
 @dataclass
@@ -72,11 +80,18 @@ class Frames:
 
 
 def parse_sources(specs: list[str]) -> list[Source]:
-    """Expand and check ``--source`` values (``embedded`` expands to all photos)."""
+    """Expand and check ``--source`` values (``embedded`` expands to all photos, ``extended``
+    to those and every packaged picture and clip)."""
+    from av1_ablation.dataset import packaged
+
     out: list[Source] = []
     for spec in specs:
-        if spec == "embedded":
+        if spec in ("embedded", "extended"):
             out += [Source("embedded", n, f"embedded:{n}") for n in EMBEDDED]
+            if spec == "extended":
+                out += [_packaged_source(n) for n in packaged.PACKAGED]
+        elif spec.startswith("extended:"):
+            out.append(_packaged_source(spec.split(":", 1)[1]))
         elif spec.startswith("embedded:"):
             name = spec.split(":", 1)[1]
             if name not in EMBEDDED:
@@ -91,7 +106,8 @@ def parse_sources(specs: list[str]) -> list[Source]:
         else:
             p = Path(spec).expanduser()
             suffix = p.suffix.lower()
-            kind = {".y4m": "y4m", ".yuv": "yuv", ".png": "image", ".jpg": "image", ".jpeg": "image"}.get(suffix)
+            kind = {".y4m": "y4m", ".yuv": "yuv", ".png": "image", ".jpg": "image", ".jpeg": "image",
+                    **{v: "video" for v in VIDEO_SUFFIXES}}.get(suffix)
             if kind is None:
                 raise UserError(
                     f"unknown source kind {spec!r}; use one of: {', '.join(SOURCE_KINDS)}")
@@ -103,6 +119,16 @@ def parse_sources(specs: list[str]) -> list[Source]:
     if dupes:
         raise UserError(f"source(s) given more than once: {', '.join(dupes)}")
     return out
+
+
+def _packaged_source(name: str) -> Source:
+    from av1_ablation.dataset import packaged
+
+    path = packaged.locate(name)  # refuses a missing package or a changed file
+    item = packaged.PACKAGED[name]
+    kind = "video" if path.suffix.lower() in VIDEO_SUFFIXES else "image"
+    return Source(kind, name, f"extended:{name}", path, origin=item.origin, downscale=item.downscale,
+                  frame_step=item.frame_step if kind == "video" else None)
 
 
 def file_sha256(path) -> str:
@@ -147,9 +173,11 @@ def read_frames(src: Source, *, width=None, height=None, frame_step=1, frames=No
         Picture size of a raw ``.yuv`` file (else parsed from a ``WxH`` in its name).
     frame_step, frames, max_frames
         Frame selection for videos: every ``frame_step``-th frame, or the
-        listed frame numbers, then at most ``max_frames`` of them.
+        listed frame numbers, then at most ``max_frames`` of them. A packaged
+        clip uses its own fixed selection instead.
     crop : int, optional
-        Centre crop to ``crop`` x ``crop`` first (then to a multiple of 64).
+        Centre crop to ``crop`` x ``crop`` first (then to a multiple of 64),
+        after a packaged JPEG's downscaling.
 
     Raises
     ------
@@ -157,6 +185,8 @@ def read_frames(src: Source, *, width=None, height=None, frame_step=1, frames=No
         Unreadable or truncated file, a raw YUV size that is not a whole number
         of frames, or a picture smaller than 64x64.
     """
+    if src.frame_step is not None:
+        frame_step, frames, max_frames = src.frame_step, None, None
     if src.kind == "embedded":
         import skimage.data
         img = getattr(skimage.data, EMBEDDED[src.name])()
@@ -174,10 +204,18 @@ def read_frames(src: Source, *, width=None, height=None, frame_step=1, frames=No
     elif src.kind == "yuv":
         luma, indices, info = _read_yuv(src.path, width, height, frame_step, frames, max_frames)
         digest = file_sha256(src.path)
+    elif src.kind == "video":
+        luma, indices, info = _read_video(src.path, frame_step, frames, max_frames)
+        digest = file_sha256(src.path)
     else:
         raise ValueError(f"cannot read frames of a {src.kind} source")
     size = tuple(int(s) for s in luma.shape[1:])
-    if min(size) < MIN_SIDE:
+    if src.origin:
+        info = {**info, "origin": src.origin}
+    if src.downscale > 1:
+        luma = downscale(luma, src.downscale)
+        info = {**info, "downscale": src.downscale}
+    if min(luma.shape[1:]) < MIN_SIDE:
         raise UserError(f"{src.spec}: picture {size[1]}x{size[0]} is smaller than 64x64; use larger pictures")
     luma = _crop(luma, crop)
     return Frames(np.ascontiguousarray(luma, dtype=np.uint16), indices, size, digest, info)
@@ -203,6 +241,43 @@ def _read_picture(path: Path) -> np.ndarray:
         # the decoder's own text suggests installing imageio plugins, which would not help
         raise UserError(f"cannot decode {path}: a damaged or truncated {kind} file "
                         f"({type(exc).__name__}); re-export it") from exc
+
+
+def downscale(luma: np.ndarray, factor: int) -> np.ndarray:
+    """``factor`` x ``factor`` mean of 10-bit luma frames (the picture cropped to a multiple
+    of ``factor`` first). For 8-bit pictures ``<< 2`` and ``factor=2`` the mean is the sum of
+    the four 8-bit samples: exact, no rounding."""
+    n, h, w = luma.shape
+    h, w = h - h % factor, w - w % factor
+    blocks = luma[:, :h, :w].reshape(n, h // factor, factor, w // factor, factor).astype(np.float64)
+    return np.rint(blocks.mean(axis=(2, 4))).astype(np.uint16)
+
+
+def _read_video(path: Path, frame_step, frames, max_frames):
+    """The decoded Y plane of every selected frame of a compressed clip (PyAV)."""
+    try:
+        import av
+    except ImportError:
+        raise UserError(f"{path}: reading compressed video needs PyAV; pip install av "
+                        "(it comes with `pip install 'av1-ablation[extended]'`), or convert the clip "
+                        "to Y4M") from None
+    planes = []
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                if frame.format.name not in ("yuv420p", "yuvj420p", "yuv422p", "yuv444p", "gray"):
+                    raise UserError(f"{path}: {frame.format.name} video is not supported; convert it "
+                                    "to 8-bit 4:2:0 or to Y4M")
+                # the Y plane itself: a conversion to "gray" would stretch limited-range luma
+                y = frame.planes[0]
+                planes.append(np.frombuffer(y, np.uint8).reshape(frame.height, y.line_size)[:, :frame.width])
+    except av.FFmpegError as exc:
+        raise UserError(f"cannot decode {path}: {exc}; re-export the clip or convert it to Y4M") from exc
+    if not planes:
+        raise UserError(f"{path}: the clip has no video frames")
+    chosen = _select(len(planes), frame_step, frames, max_frames)
+    luma = np.stack([planes[n] for n in chosen]).astype(np.uint16) << 2
+    return luma, chosen, {"format": "compressed video, decoded Y plane << 2", "frames_in_source": len(planes)}
 
 
 def _array_sha256(a: np.ndarray) -> str:
