@@ -84,7 +84,7 @@ def _cli_fails(tmp_path, capsys, args, message):
 def test_cli_bad_inputs(tmp_path, capsys):
     _cli_fails(tmp_path, capsys, ["--qp", "20 64"], "must be in 0..63")
     _cli_fails(tmp_path, capsys, ["--qp", "-1"], "must be in 0..63")
-    _cli_fails(tmp_path, capsys, ["--source", "clip.mkv"], "unknown source kind")
+    _cli_fails(tmp_path, capsys, ["--source", "clip.bmp"], "unknown source kind")
     _cli_fails(tmp_path, capsys, ["--source", "camera"], "unknown source kind")
     _cli_fails(tmp_path, capsys, ["--source", "embedded:nope"], "unknown embedded photo")
     bad = tmp_path / "t.y4m"
@@ -145,3 +145,4 @@ def test_a_build_into_a_log_prints_progress_lines(tmp_path, capsys):
     build_dataset(["embedded:camera", "embedded:coffee"], tmp_path / "store", qps=(32,), cpu_used=2, crop=64, progress=True)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("encodes:")]
     assert lines and lines[-1].startswith("encodes: 2/2 done in"), lines  # captured output is not a terminal
+    assert " frames/min, " in lines[-1] and lines[-1].endswith(" blocks/s)"), lines

@@ -139,6 +139,12 @@ def split_size_param(split: str) -> str:
     return f"data.n_{split}"
 
 
+def split_sources_param(split: str) -> str:
+    """The param holding how many sources (pictures, clips) a split's blocks come from:
+    ``data.sources_test``."""
+    return f"data.sources_{split}"
+
+
 # --------------------------------------------------------------------------- metrics
 # prefixes: per-epoch training and validation history; the selected checkpoint's figures
 TRAIN, VAL, TEST, BEST_VAL = "train_", "val_", "test_", "best_val_"

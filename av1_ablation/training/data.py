@@ -8,7 +8,7 @@ import torch
 
 from av1_ablation.errors import UserError
 from av1_ablation.record.contract import (DATASET_FINGERPRINT_TAG, DATASET_PATH_TAG, SPLIT_FINGERPRINT_TAG,
-                                          SPLIT_NOTE_TAG, split_size_param)
+                                          SPLIT_NOTE_TAG, split_size_param, split_sources_param)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -39,8 +39,10 @@ class SplitData:
                 **({SPLIT_NOTE_TAG: self.split.note} if self.split.note else {})}
 
     def params(self) -> dict[str, str]:
-        """The split sizes, as run params."""
-        return {split_size_param(name): str(len(idx)) for name, idx in self.index.items()}
+        """The split sizes in blocks and in sources, as run params."""
+        return {**{split_size_param(name): str(len(idx)) for name, idx in self.index.items()},
+                **{split_sources_param(name): str(len(np.unique(self.store.source[idx])))
+                   for name, idx in self.index.items()}}
 
     def on_device(self, device) -> dict:
         """Split name -> :class:`~av1_ablation.training.tensors.DeviceBlocks` of this stage's blocks."""
