@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # Every measured figure of README.md and docs/, one script after the other on a quiet
-# machine (about 95 minutes on 2 cores). Each script's output goes to OUTDIR/<name>.out;
+# machine (about 2 hours on 2 cores; the extended data set needs `make extended-packages`). Each script's output goes to OUTDIR/<name>.out;
 # copy the figures from there, and name the commit printed first beside them
 # (tests/test_readme_results.py fails when av1_ablation/ has changed since that commit).
 #
-#   bash benchmarks/all_figures.sh [OUTDIR]      # run from the project root; needs `make setup`
+#   bash benchmarks/all_figures.sh [OUTDIR [NAME...]]   # from the project root; needs `make setup`
+#
+# With NAMEs (e.g. end_to_end extended), only those scripts run.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$(mktemp -d)}
+only=" ${*:2} "
 mkdir -p "$out"
 cd "$repo"
 echo "commit $(git rev-parse HEAD)$(git diff --quiet HEAD -- av1_ablation || echo ' (with uncommitted changes to av1_ablation/)'), output in $out"
 run() {
   local name=$1; shift
+  [[ "$only" == "  " || "$only" == *" $name "* ]] || return 0
   "$@" > "$out/$name.out" 2>&1
   echo "$name: exit $? at $(date +%H:%M:%S)"
 }
@@ -27,3 +31,4 @@ run dataset_build python benchmarks/dataset_build.py
 run dataset_embedded bash -c "rm -rf '$out/ds' && /usr/bin/time -v av1-ablation dataset --out '$out/ds'"
 run qp_input_choice python benchmarks/qp_input_choice.py --work "$out/qpc"
 run model_variants python benchmarks/model_variants.py --work "$out/mv"
+run extended bash benchmarks/extended.sh "$out/ext"
