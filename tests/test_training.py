@@ -58,6 +58,8 @@ def test_train_run_records_contract(tiny_dataset_two_qps, tracking_store):
     stage1 = client().get_run(run.data.tags["av1.stage1_run_id"])
     assert stage1.info.status == "FINISHED" and stage1.data.tags["av1.kind"] == "stage1"
     assert run.data.params["cfg.loss_type"] == "poly" and run.data.params["cfg.epochs"] == "2"
+    pictures = [int(run.data.params[f"data.sources_{k}"]) for k in ("train", "val", "test")]
+    assert min(pictures) >= 1 and sum(pictures) == 6  # the tiny set's six photos, each in one split
     history = client().get_metric_history(run.info.run_id, "val_macro_f1")
     assert sorted(m.step for m in history) == [1, 2]  # one point per epoch, nothing else
     assert run.data.metrics["best_val_macro_f1"] == max(m.value for m in history)

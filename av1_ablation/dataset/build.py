@@ -6,9 +6,10 @@ not depend on the machine). The blocks are the *source* pixels of every
 existing 16x16 node, the labels the partition type libaom chose for it.
 
 A build is resumable: each finished encode's labels are kept in ``<out>.partial/``
-under a key of everything that determines them (the frames' pixels, the QP, the
-encoder settings and tool versions), so an interrupted build continues from its
-finished encodes and gives the same store as an uninterrupted one. ``--out`` is
+under a key of everything that determines them (the frames' pixels, the aomenc
+arguments, the tool versions and this package's version), so an interrupted build
+continues from its finished encodes and gives the same blocks and labels as an
+uninterrupted one (the manifest adds how many encodes were resumed). ``--out`` is
 written only once complete, and ``<out>.partial/`` is removed then.
 """
 from __future__ import annotations
@@ -83,7 +84,7 @@ def build_dataset(sources: list[str], out, *, qps=DEFAULT_QPS, cpu_used=2, jobs=
         ``.y4m``/``.yuv``/``.png``/``.jpg``/``.mp4`` paths, ``legacy-raw:DIR`` or
         ``legacy-pt:FILE``. ``extended`` (the embedded photos plus the packaged
         ones, see :mod:`~av1_ablation.dataset.packaged`) also asks the store's
-        split for at least 6 validation and 8 test sources.
+        split for :data:`~av1_ablation.dataset.packaged.MIN_SPLIT_SOURCES`.
     out : path-like
         Store directory.
     qps : sequence of int, default=(20, 32, 43, 55)
@@ -142,13 +143,14 @@ def build_dataset(sources: list[str], out, *, qps=DEFAULT_QPS, cpu_used=2, jobs=
     }
     if "extended" in sources:
         request["split_min_sources"] = packaged.MIN_SPLIT_SOURCES
+    partial = out.with_name(out.name + ".partial")
     if _reusable(out, request, overwrite):
+        shutil.rmtree(partial, ignore_errors=True)  # left by a build that died after writing
         return out
 
     started = time.perf_counter()
-    partial = out.with_name(out.name + ".partial")
-    arrays, encodes, absent = _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress, partial)
-    elapsed = time.perf_counter() - started
+    arrays, encodes, absent, work = _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress, partial)
+    elapsed = max(time.perf_counter() - started, 1e-9)
     per_qp = {str(q): class_counts(arrays["labels"][arrays["qindex"] == cq_to_qindex(q)]) for q in qps}
     manifest = {
         "kind": "encoded",
@@ -168,10 +170,12 @@ def build_dataset(sources: list[str], out, *, qps=DEFAULT_QPS, cpu_used=2, jobs=
         "absent_nodes": absent,
         "build_seconds": round(elapsed, 2),
         "encode_seconds": round(sum(e["seconds"] for e in encodes), 2),
-        "blocks_per_second": round(len(arrays["labels"]) / max(elapsed, 1e-9), 1),
+        # rates of this build's own encodes (a resumed build's earlier ones are not timed here)
+        "blocks_per_second": round(work["blocks"] / elapsed, 1),
+        "frames_per_minute": round(60 * work["frames"] / elapsed, 1),
     }
-    if sum(e.get("resumed", False) for e in encodes):
-        manifest["resumed_encodes"] = sum(e.get("resumed", False) for e in encodes)
+    if work["resumed"]:
+        manifest["resumed_encodes"] = work["resumed"]
     if "split_min_sources" in request:
         manifest["split_min_sources"] = request["split_min_sources"]
     manifest["default_split"] = _default_split(arrays, manifest)
@@ -233,40 +237,67 @@ def _encode_one(frames: np.ndarray, y4m: Path, qp: int, cpu_used: int, allintra:
     record = {"qp": qp, "args": ["aomenc", *args, "-o", ivf.name, y4m.name], "seconds": round(seconds, 2)}
     grids = np.stack(grids)
     if keep is not None:
-        tmp = keep.with_name(keep.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, grids=grids, record=np.array(json.dumps(record)))
-        os.replace(tmp, keep)  # a finished encode is either kept whole or not at all
+        _keep(keep, grids, record)
     return grids, record
 
 
+def _keep(path: Path, grids: np.ndarray, record: dict) -> None:
+    """Save a finished encode whole or not at all, even with two builds writing the same key."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, grids=grids, record=np.array(json.dumps(record)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _encode_key(luma: np.ndarray, qp: int, cpu_used: int, allintra: bool) -> str:
-    """What determines an encode's labels: the frames' pixels, the QP, the settings, the tools."""
-    h = hashlib.sha256(json.dumps([list(luma.shape), qp, cpu_used, allintra, aomenc.aomenc_version(),
-                                   decoder.libaom_version()]).encode())
+    """What determines an encode's labels: the frames' pixels, the aomenc arguments, the tools,
+    and this package (whose label rules turn the decoder's mode info into labels)."""
+    args = aomenc.encode_args(cq_level=qp, cpu_used=cpu_used, frames=len(luma), allintra=allintra)
+    h = hashlib.sha256(json.dumps([list(luma.shape), args, aomenc.aomenc_version(), decoder.libaom_version(),
+                                   __version__]).encode())
     h.update(np.ascontiguousarray(luma).tobytes())
     return h.hexdigest()[:32]
 
 
-def _finished(path: Path):
-    """The labels and record of an encode a previous, interrupted build finished, or None."""
+def _finished(path: Path, shape: tuple[int, int, int]):
+    """The labels and record of an encode that an interrupted build finished, or None (a
+    damaged file is removed, and the encode runs again)."""
     try:
         with np.load(path) as z:
-            return z["grids"], {**json.loads(str(z["record"])), "resumed": True}
-    except (OSError, ValueError, KeyError):
+            grids, record = z["grids"], json.loads(str(z["record"]))
+        if grids.shape != shape or grids.dtype != np.int8:
+            raise ValueError(f"{grids.dtype} labels of shape {grids.shape}, expected int8 {shape}")
+        return grids, record
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it is encoded again
+        print(f"{path}: unreadable ({type(exc).__name__}: {exc}); encoding it again", flush=True)
+        path.unlink(missing_ok=True)
         return None
 
 
 def _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress, partial: Path):
+    """Every (source, QP) encode, resuming from ``partial``; returns the store arrays, the
+    encode records, the absent-node counts and this build's own work (frames, blocks, resumed)."""
     jobs = jobs or os.cpu_count() or 1
     encoders = aomenc.EncoderGroup()
     partial.mkdir(parents=True, exist_ok=True)
     keys = {(i, qp): partial / f"{_encode_key(r.luma, qp, cpu_used, allintra)}.npz"
             for i, r in enumerate(read) for qp in qps}
-    done = {k: got for k, path in keys.items() if path.is_file() and (got := _finished(path)) is not None}
+    shape = {i: (len(r.luma), r.luma.shape[1] // 16, r.luma.shape[2] // 16) for i, r in enumerate(read)}
+    done = {k: got for k, path in keys.items()
+            if path.is_file() and (got := _finished(path, shape[k[0]])) is not None}
     if done:
         print(f"{partial}: resuming an interrupted build, {len(done)} of {len(keys)} encodes already "
               "finished", flush=True)
+    # identical pixels (one picture under two names) are encoded once
+    first = {}
+    for k in keys:
+        first.setdefault(keys[k], k)
     with tempfile.TemporaryDirectory(prefix="av1-ablation-encode-") as tmp:
         tmp = Path(tmp)
         # Threads suffice: the work happens in aomenc processes and in libaom,
@@ -276,7 +307,7 @@ def _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress, partial: 
             try:
                 # Largest sources first, so that no long encode is left alone at the end.
                 for i in sorted(range(len(read)), key=lambda k: -read[k].luma.size):
-                    todo = [qp for qp in qps if (i, qp) not in done]
+                    todo = [qp for qp in qps if (i, qp) not in done and first[keys[i, qp]] == (i, qp)]
                     if not todo:
                         continue
                     y4m = tmp / f"source{i:04d}.y4m"
@@ -295,15 +326,21 @@ def _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress, partial: 
                 raise
         parts, encodes = [], []
         absent = {"total": 0, "per_qp": {str(q): 0 for q in qps}}
+        work = {"frames": sum(len(read[i].indices) for i, _ in futures), "resumed": len(done),
+                "blocks": sum(int((f.result()[0] != ABSENT).sum()) for f in futures.values())}
         for i, r in enumerate(read):
             for qp in qps:
-                grids, record = done[i, qp] if (i, qp) in done else futures[i, qp].result()
+                owner = first[keys[i, qp]]
+                if (i, qp) in done:
+                    grids, record = done[i, qp][0], {**done[i, qp][1], "resumed": True}
+                else:
+                    grids, record = futures[owner].result()
                 encodes.append({"source": i, **record})
                 absent["per_qp"][str(qp)] += int((grids == ABSENT).sum())
                 parts.append(_gather(r, i, cq_to_qindex(qp), grids))
         absent["total"] = sum(absent["per_qp"].values())
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return arrays, encodes, absent
+    return arrays, encodes, absent, work
 
 
 def _wait_for_encodes(futures: dict, frames: dict, progress: bool) -> None:

@@ -48,7 +48,8 @@ def flag(text: str) -> bool:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", action="append", metavar="SRC",
-                        help=f"repeatable; one of {', '.join(SOURCE_KINDS)} (default: embedded)")
+                        help=f"repeatable; one of {', '.join(SOURCE_KINDS)} (default: embedded; extended = embedded "
+                             "plus the packaged photographs and clip, see `make extended-packages`)")
     parser.add_argument("--out", default=str(DEFAULT_DATA_DIR), help="store directory (default: %(default)s)")
     parser.add_argument("--qp", nargs="+", default=None, metavar="Q",
                         help="aomenc cq-levels 0..63, e.g. 20 32 43 55 or \"20,32\" (default: 20 32 43 55)")
@@ -104,7 +105,19 @@ def summary(manifest: dict, out) -> str:
         lines += _table(counts)
     if "absent_nodes" in manifest:
         lines.append(f" 16x16 positions without a 16x16 node: {manifest['absent_nodes']['total']}")
+    split = manifest.get("default_split", {})
+    if "sources" in split:
+        lines.append(" default split (seed 0), train / val / test: "
+                     + " / ".join(str(split["sources"][k]) for k in ("train", "val", "test")) + " sources, "
+                     + " / ".join(str(split["stage2_blocks"][k]) for k in ("train", "val", "test"))
+                     + " Stage-2 blocks")
+    elif "note" in split:
+        lines.append(f" no default split: {split['note']}")
     if "build_seconds" in manifest:
-        lines.append(f" built in {manifest['build_seconds']:.1f} s ({manifest['blocks_per_second']:.0f} blocks/s, "
-                     f"{manifest['encode_seconds']:.1f} s of encoding)")
+        rates = f"{manifest['blocks_per_second']:.0f} blocks/s"
+        if "frames_per_minute" in manifest:
+            rates += f", {manifest['frames_per_minute']:.1f} frames/min"
+        resumed = f", {manifest['resumed_encodes']} encodes resumed" if manifest.get("resumed_encodes") else ""
+        lines.append(f" built in {manifest['build_seconds']:.1f} s ({rates}, "
+                     f"{manifest['encode_seconds']:.1f} s of encoding{resumed})")
     return "\n".join(lines)

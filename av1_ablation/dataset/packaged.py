@@ -21,10 +21,11 @@ from pathlib import Path
 
 from av1_ablation.errors import UserError
 
-INSTALL_COMMAND = ("make data-extended (or: sudo apt-get install -y plasma-workspace-wallpapers "
-                   "mate-backgrounds && pip install 'av1-ablation[extended]')")
+INSTALL_COMMAND = ("`make extended-packages` in the project checkout (it runs `apt-get install -y "
+                   "plasma-workspace-wallpapers mate-backgrounds` and `pip install -e '.[extended]'`)")
 # The split of a store built from `extended` keeps at least this many sources in validation
 # and test: selection and every test statistic then rest on more than a handful of pictures.
+# (Cross-validation tests every source once; there only the validation minimum applies.)
 MIN_SPLIT_SOURCES = {"val": 6, "test": 8}
 
 

@@ -42,9 +42,9 @@ EMBEDDED: dict[str, str] = {
     "text": "text",
     "cell": "cell",
 }
-SOURCE_KINDS = ("embedded", "embedded:NAME", "extended", "extended:NAME", ".y4m", ".yuv", ".png", ".jpg",
-                ".mp4", "legacy-raw:DIR", "legacy-pt:FILE")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
+SOURCE_KINDS = ("embedded", "embedded:NAME", "extended", "extended:NAME", ".y4m", ".yuv", ".png", ".jpg",
+                *VIDEO_SUFFIXES, "legacy-raw:DIR", "legacy-pt:FILE")
 MIN_SIDE = 64
 _PICTURE_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 _Y4M_CHROMA = {  # colour space tag -> (bit depth, chroma samples per luma sample)
@@ -216,7 +216,9 @@ def read_frames(src: Source, *, width=None, height=None, frame_step=1, frames=No
         luma = downscale(luma, src.downscale)
         info = {**info, "downscale": src.downscale}
     if min(luma.shape[1:]) < MIN_SIDE:
-        raise UserError(f"{src.spec}: picture {size[1]}x{size[0]} is smaller than 64x64; use larger pictures")
+        h, w = luma.shape[1:]
+        raise UserError(f"{src.spec}: picture {w}x{h}" + (f" (downscaled by {src.downscale})" if src.downscale > 1
+                                                         else "") + " is smaller than 64x64; use larger pictures")
     luma = _crop(luma, crop)
     return Frames(np.ascontiguousarray(luma, dtype=np.uint16), indices, size, digest, info)
 
@@ -258,26 +260,38 @@ def _read_video(path: Path, frame_step, frames, max_frames):
     try:
         import av
     except ImportError:
-        raise UserError(f"{path}: reading compressed video needs PyAV; pip install av "
-                        "(it comes with `pip install 'av1-ablation[extended]'`), or convert the clip "
-                        "to Y4M") from None
-    planes = []
+        raise UserError(f"{path}: reading compressed video needs PyAV: `pip install av` (or "
+                        "`make extended-packages`), or convert the clip to Y4M") from None
+    # only the frames that can be selected are kept (a long clip need not fit in memory)
+    listed = set(frames) if frames is not None else None
+    kept, n, size = {}, 0, None
     try:
         with av.open(str(path)) as container:
-            for frame in container.decode(video=0):
-                if frame.format.name not in ("yuv420p", "yuvj420p", "yuv422p", "yuv444p", "gray"):
+            if not container.streams.video:
+                raise UserError(f"{path} has no video stream; pass a video clip")
+            for n, frame in enumerate(container.decode(video=0)):
+                if frame.format.name not in ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p",
+                                             "yuvj444p", "gray"):
                     raise UserError(f"{path}: {frame.format.name} video is not supported; convert it "
                                     "to 8-bit 4:2:0 or to Y4M")
-                # the Y plane itself: a conversion to "gray" would stretch limited-range luma
-                y = frame.planes[0]
-                planes.append(np.frombuffer(y, np.uint8).reshape(frame.height, y.line_size)[:, :frame.width])
+                if size not in (None, (frame.height, frame.width)):
+                    raise UserError(f"{path}: the frame size changes at frame {n} ({size[1]}x{size[0]} to "
+                                    f"{frame.width}x{frame.height}); convert the clip to one size")
+                size = (frame.height, frame.width)
+                wanted = n in listed if listed is not None else (
+                    n % frame_step == 0 and not (max_frames and len(kept) >= max_frames))
+                if wanted:
+                    # the Y plane itself: a conversion to "gray" would stretch limited-range luma
+                    y = frame.planes[0]
+                    kept[n] = np.frombuffer(y, np.uint8).reshape(frame.height, y.line_size)[:, :frame.width].copy()
+            total = n + 1 if size else 0
     except av.FFmpegError as exc:
         raise UserError(f"cannot decode {path}: {exc}; re-export the clip or convert it to Y4M") from exc
-    if not planes:
+    if not total:
         raise UserError(f"{path}: the clip has no video frames")
-    chosen = _select(len(planes), frame_step, frames, max_frames)
-    luma = np.stack([planes[n] for n in chosen]).astype(np.uint16) << 2
-    return luma, chosen, {"format": "compressed video, decoded Y plane << 2", "frames_in_source": len(planes)}
+    chosen = _select(total, frame_step, frames, max_frames)
+    luma = np.stack([kept[k] for k in chosen]).astype(np.uint16) << 2
+    return luma, chosen, {"format": "compressed video, decoded Y plane << 2", "frames_in_source": total}
 
 
 def _array_sha256(a: np.ndarray) -> str:

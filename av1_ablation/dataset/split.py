@@ -5,13 +5,15 @@ frames and QPs) inside one split. The original pipeline split at block level,
 so neighbouring blocks of one frame, and the same block at other QPs, sat on
 both sides; ``mode="random"`` reproduces that scheme for comparison. A store may
 ask for a minimum number of sources in validation and test (``split_min_sources``
-in its manifest; the ``extended`` data set asks for 6 and 8), so that selection
-and the test statistics do not rest on a handful of pictures.
+in its manifest, which a build from ``extended`` sets), so that selection and the
+test statistics do not rest on a handful of pictures.
 
 Cross-validation by picture (``folds=K``) deals the sources into K folds of
 about equal blocks; fold ``k`` is the test split, and the validation sources
 are drawn from the other folds, so over the K folds every picture is tested
 exactly once and never seen in training or selection of the fold that tests it.
+There the store's minimum applies to validation; the test minimum does not, since
+every source is tested once over the folds.
 """
 from __future__ import annotations
 
@@ -74,7 +76,8 @@ def make_split(store, *, mode="source", fractions=(0.7, 0.15, 0.15), seed=0, fol
         ``1``: one split by ``fractions``. ``K >= 2`` (mode "source"): grouped
         K-fold over sources; the test split is fold ``fold`` and validation
         takes about ``fractions[1] / (fractions[0] + fractions[1])`` of the
-        remaining blocks, whole sources drawn in a seeded order.
+        remaining blocks (and at least the store's minimum of validation
+        sources), whole sources drawn in a seeded order.
     fold : int, default=0
         Which fold is the test split, ``0 <= fold < folds``.
 
@@ -110,11 +113,11 @@ def make_split(store, *, mode="source", fractions=(0.7, 0.15, 0.15), seed=0, fol
                           "is kept (no source ids); test is empty")
 
     ids, sizes = np.unique(store.source, return_counts=True)
-    least = min_sources(store)
+    minimum = min_sources(store)
     if folds > 1:
-        return _fold_split(store, ids, sizes, fractions, seed, folds, fold, base, least)
+        return _fold_split(store, ids, sizes, fractions, seed, folds, fold, base, minimum["val"])
     wanted = [k for k in range(3) if fractions[k] > 0]
-    least = np.array([1, least["val"], least["test"]]) * (np.asarray(fractions) > 0)
+    least = np.array([1, minimum["val"], minimum["test"]]) * (np.asarray(fractions) > 0)
     if len(ids) < least.sum():
         raise UserError(f"a source split of {store.path} needs at least {least.sum()} sources ({least[0]} to "
                         f"train, {least[1]} to validate, {least[2]} to test); the store has {len(ids)}; "
@@ -139,7 +142,12 @@ def make_split(store, *, mode="source", fractions=(0.7, 0.15, 0.15), seed=0, fol
 
 def min_sources(store) -> dict[str, int]:
     """The least number of sources the store's validation and test splits must hold."""
-    return {"val": 1, "test": 1, **store.manifest.get("split_min_sources", {})}
+    minimum = {"val": 1, "test": 1, **store.manifest.get("split_min_sources", {})}
+    if set(minimum) != {"val", "test"} or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in minimum.values()):
+        raise UserError(f"{store.path}: split_min_sources {store.manifest['split_min_sources']!r} in its "
+                        "manifest must give val and test each an integer >= 1; rebuild the store")
+    return minimum
 
 
 def _by_source(store, ids: np.ndarray, assigned: np.ndarray, params: dict) -> Split:
@@ -178,7 +186,7 @@ def fold_of_sources(sizes: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold_of
 
 
-def _fold_split(store, ids, sizes, fractions, seed, folds, fold, base, least) -> Split:
+def _fold_split(store, ids, sizes, fractions, seed, folds, fold, base, min_val) -> Split:
     if len(ids) < folds + 2:
         raise UserError(f"folds={folds} needs at least {folds + 2} sources (one per fold, and a training "
                         f"and a validation source besides the test fold); the store has {len(ids)}; "
@@ -189,14 +197,16 @@ def _fold_split(store, ids, sizes, fractions, seed, folds, fold, base, least) ->
     if len(rest) < 2:
         raise UserError(f"fold {fold} of {folds} tests all but {len(rest)} source(s), which cannot be both a "
                         "training and a validation source; use fewer folds or a data set with more sources")
+    if len(rest) - 1 < min_val:
+        raise UserError(f"fold {fold} of {folds} leaves {len(rest)} sources besides its test fold, too few for "
+                        f"the store's {min_val} validation sources and a training one; use fewer folds")
     val_share = fractions[1] / (fractions[0] + fractions[1])
     # A seeded draw per fold; sources go to validation until it holds its share of the
     # remaining blocks and the store's minimum count, keeping at least one source on each side.
-    # (The test fold holds about 1/K of the sources: its minimum is not enforced.)
     order = rest[np.random.default_rng([seed, fold]).permutation(len(rest))]
     target, taken = val_share * sizes[rest].sum(), 0
     for rank, k in enumerate(order[:-1]):
-        if rank >= least["val"] and taken >= target:
+        if rank >= min_val and taken >= target:
             break
         assigned[k], taken = 1, taken + sizes[k]
     return _by_source(store, ids, assigned, {**base, "folds": int(folds), "fold": int(fold)})
