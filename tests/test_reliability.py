@@ -239,6 +239,42 @@ def test_sigterm_while_stage1_auto_trains_kills_both_runs(tiny_dataset_two_qps, 
     assert "stage1=auto" in client().get_run(pending).data.tags["av1.failure_reason"]
 
 
+# --- SIGTERM to a local ablation: no further child starts, no run is left RUNNING ---------------
+
+def train_children(pid: int) -> list[int]:
+    """pids of the ``av1_ablation train`` processes whose parent is ``pid``, from /proc."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+            ppid = int((cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # ended while being read
+        if ppid == pid and b"av1_ablation" in argv and b"train" in argv:
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_local_ablation_ends_the_running_and_the_queued_children(tiny_dataset_two_qps,
+                                                                               tracking_store):
+    _, exp = tracking_store
+    proc = cli_process("ablation", "--losses", "baseline", "--seeds", "1,2,3,4,5", "--jobs", "2",
+                       "--threads", "1", "--data", str(tiny_dataset_two_qps), *SMOKE, "--epochs", "30",
+                       "--patience", "30")
+    running = wait_for(lambda: train_children(proc.pid), "a child in training", proc, timeout=300)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=180) == 143, proc.stderr.read()[-2000:]
+    assert not [pid for pid in running if process_exists(pid)] and not train_children(proc.pid)
+    runs = stage2_runs(exp)
+    assert len(runs) == 5 and not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    assert {r.info.status for r in runs} <= {"KILLED", "FINISHED"}
+    queued = [r for r in runs if "the ablation stopped" in r.data.tags.get("av1.failure_reason", "")]
+    assert len(queued) >= 3 and all(r.info.status == "KILLED" for r in queued)  # 2 ran at most
+    (parent,) = client().search_runs([exp], "tags.`av1.kind` = 'ablation'")
+    assert parent.info.status == "KILLED"
+
+
 # --- dataset: signals stop the encoders and remove the temporary files --------------------------
 
 def aomenc_children(pid: int) -> list[int]:

@@ -13,6 +13,7 @@ local tracking server, because SQLite is not safe for many writers.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 
@@ -21,7 +22,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from av1_ablation.dataset.partitions import to_stage2
-from av1_ablation.errors import UserError
+from av1_ablation.errors import Terminated, UserError
 from av1_ablation.losses import LOSS_TYPES
 from av1_ablation.record.contract import (ABLATION_RUN_NAME, ALL_FOLDS, BEST_LOSS_TAG, BEST_RUN_TAG,
                                           CHILDREN_TAG, FAILED_CHILDREN_TAG, FOLD_PARAM, JOBS_PARAM,
@@ -30,16 +31,17 @@ from av1_ablation.record.contract import (ABLATION_RUN_NAME, ALL_FOLDS, BEST_LOS
                                           cfg_param, param_value)
 from av1_ablation.training import config as config_mod
 from av1_ablation.training.config import STAGE2_PRESETS, Stage2Config
-from av1_ablation.training.children import child_name, new_child_run, train_in_subprocesses
+from av1_ablation.training.children import child_name, end_failed_child, new_child_run, train_in_subprocesses
 from av1_ablation.training.data import cross_validation_tags, load_split_data
-from av1_ablation.training.lifecycle import fails_pending_run, finished_runs, log_new_params, tracked_run
-from av1_ablation.training.ray_executor import EXECUTORS, train_on_ray
+from av1_ablation.training.lifecycle import (end_reason, fails_pending_run, finished_runs, log_new_params,
+                                             tracked_run)
 from av1_ablation.training.stage1 import resolve_stage1
 from av1_ablation.training.stage2 import train_stage2
 from av1_ablation.training.threads import default_threads
 
 # The ablation's own variables: every child gets one of each (--losses x --seeds x folds).
 ARM_FIELDS = ("loss_type", "seed", "fold")
+EXECUTORS = ("local", "ray")  # ray: av1_ablation.training.ray_executor, imported only when chosen
 
 
 def configure(parser) -> None:
@@ -115,8 +117,17 @@ def run_ablation(base: Stage2Config, losses: list[str], seeds: list[int], *, job
         child_ids = {cfg: new_child_run(cfg, parent.info.run_id) for cfg in todo}
         mlflow.set_tags({CHILDREN_TAG: ",".join([*done.values(), *child_ids.values()]),
                          REUSED_CHILDREN_TAG: ",".join(done.values())})
-        failed, retries = _train_children(child_ids, data, jobs, threads, executor, ray_address,
-                                          parent.info.run_id)
+        try:
+            failed, retries = _train_children(child_ids, data, jobs, threads, executor, ray_address,
+                                              parent.info.run_id)
+        except BaseException as exc:
+            # the children that never started (and any a dead process left open) are not left RUNNING
+            interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
+            for run_id in child_ids.values():
+                with contextlib.suppress(Exception):
+                    end_failed_child(run_id, f"the ablation stopped: {end_reason(exc)}",
+                                     status="KILLED" if interrupted else "FAILED")
+            raise
         if retries:
             mlflow.set_tag(CHILDREN_TAG, ",".join([*done.values(), *child_ids.values(), *retries]))
         log_parent_summary([*done.values(), *child_ids.values(), *retries])
@@ -129,6 +140,8 @@ def _train_children(child_ids: dict, data: dict, jobs: int, threads: int | None,
                     ray_address: str | None, parent_id: str) -> tuple[list[str], list[str]]:
     """Train the children where ``executor`` says; returns the failed names and retry run ids."""
     if executor == "ray":
+        from av1_ablation.training.ray_executor import train_on_ray
+
         return train_on_ray(child_ids, threads or default_threads(jobs), ray_address, parent_id)
     if jobs == 1:
         return [name for cfg, rid in child_ids.items()

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -73,23 +74,50 @@ def exit_reason(code: int) -> str:
 
 
 def train_in_subprocesses(child_ids: dict, jobs: int, threads: int) -> list[str]:
-    """Train ``jobs`` children at a time on this machine; returns the names of the failed ones."""
+    """Train ``jobs`` children at a time on this machine; returns the names of the failed ones.
+
+    Ctrl-C, SIGTERM or an error in the parent starts no further child and sends SIGTERM to
+    the running ones, which end their runs KILLED themselves; the caller ends the runs of
+    those never started."""
     import torch
 
     n_gpus = torch.cuda.device_count()
+    stopping, running, lock = threading.Event(), [], threading.Lock()
 
     def launch(item):
         i, (cfg, run_id) = item
         device = f"cuda:{i % n_gpus}" if n_gpus and cfg.device in ("auto", "cuda") else cfg.device
         args = child_command(dataclasses.replace(cfg, device=device), threads)
-        code = subprocess.run(args, env={**os.environ, **child_env(run_id, uri)}).returncode
-        if code != 0:
-            end_failed_child(run_id, exit_reason(code))
+        with lock:
+            if stopping.is_set():
+                return None
+            proc = subprocess.Popen(args, env={**os.environ, **child_env(run_id, uri)})
+            running.append(proc)
+        code = proc.wait()
+        if code != 0:  # one stopped before its own handler could close its run is KILLED too
+            end_failed_child(run_id, exit_reason(code), status="KILLED" if stopping.is_set() else "FAILED")
         return None if code == 0 else child_name(cfg)
 
     with tracking_server_for_workers() as uri:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            results = list(pool.map(launch, enumerate(child_ids.items())))
+        pool = ThreadPoolExecutor(max_workers=jobs)
+        try:
+            futures = [pool.submit(launch, item) for item in enumerate(child_ids.items())]
+            results = [f.result() for f in futures]
+        except BaseException:
+            with lock:
+                stopping.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in running:
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in running:
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            raise
+        finally:
+            pool.shutdown(wait=True)
     return [r for r in results if r]
 
 

@@ -32,7 +32,6 @@ from av1_ablation.training.children import (child_command, child_env, child_name
                                             new_child_run, tracking_server_for_workers)
 from av1_ablation.training.lifecycle import end_reason, install_sigterm_handler
 
-EXECUTORS = ("local", "ray")
 RETRIES = 1  # new runs after a worker died
 # Ray's ways of saying that the process or machine running a task is gone (retried), as
 # opposed to an error raised by the task itself (RayTaskError: final)
