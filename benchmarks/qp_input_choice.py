@@ -22,7 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from av1_ablation.comparison.statistics import paired_seed_tests
+# this checkout's package, whatever an editable install elsewhere points at
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from av1_ablation.comparison.statistics import paired_seed_tests  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

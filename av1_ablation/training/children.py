@@ -9,6 +9,7 @@ executor runs ``--jobs`` of them at a time on this machine; the Ray executor
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -129,26 +130,7 @@ def tracking_server_for_workers():
     if not uri.startswith("sqlite:"):
         yield uri
         return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise UserError(f"could not start a local tracking server for the children (mlflow "
-                                    f"server on {url}); use --jobs 1, or start `mlflow server` and set "
-                                    "MLFLOW_TRACKING_URI=http://HOST:PORT") from None
-                time.sleep(0.5)
+    with local_tracking_server(uri) as url:
         saved = os.environ.get("MLFLOW_TRACKING_URI")
         os.environ["MLFLOW_TRACKING_URI"] = url
         try:
@@ -158,8 +140,36 @@ def tracking_server_for_workers():
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
             else:
                 os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+@contextmanager
+def local_tracking_server(backend_uri: str, *, artifacts_destination: str | None = None, timeout: float = 120):
+    """An ``mlflow server`` for ``backend_uri`` on a free port of the loopback address, up
+    (``/health`` answers) before its URL is yielded, and stopped afterwards.
+    ``artifacts_destination``: serve artifacts from there (else clients write them directly)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    served = ["--artifacts-destination", str(artifacts_destination)] if artifacts_destination else []
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, *served,
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise UserError(f"could not start a local tracking server (mlflow server on {url}); "
+                                    "use --jobs 1, or start `mlflow server` and set "
+                                    "MLFLOW_TRACKING_URI=http://HOST:PORT") from None
+                time.sleep(0.5)
+        yield url
     finally:
-        server.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)  # the server's own workers too
         server.wait(timeout=30)
-
-

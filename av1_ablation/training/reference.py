@@ -65,13 +65,13 @@ def run(args) -> int:
             raise UserError(f"models={args.models!r}: unknown {unknown or '(none given)'}; "
                             f"choose from {', '.join(REFERENCES)}")
         cfg = config_mod.from_args(Stage2Config, args, STAGE2_PRESETS, **dict.fromkeys(FIXED_FIELDS))
-        folds = [dataclasses.replace(cfg, fold=k) for k in range(cfg.folds)]
-        data = load_split_data(cfg, to_stage2, every_fold=True)
+        data = load_split_data(cfg, to_stage2, every_fold=True)  # fold k at index k
     # `mlflow run` made one run for this command: it becomes the parent of the references
     with tracked_run(kind=KIND_REFERENCES, run_name=REFERENCES_RUN_NAME,
                      tags=cross_validation_tags(data)) as parent:
         log_new_params({MODELS_PARAM: ",".join(names), **config_mod.to_params(cfg)})
-        for fold_cfg, fold_data in zip(folds, data):
+        for fold, fold_data in enumerate(data):
+            fold_cfg = dataclasses.replace(cfg, fold=fold)
             for name in dict.fromkeys(names):
                 run_id = train_reference(name, fold_cfg, fold_data, parent_id=parent.info.run_id)
                 print(f"reference {name}{f' (fold {fold_cfg.fold})' if cfg.folds > 1 else ''}: run {run_id}")
