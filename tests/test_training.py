@@ -190,6 +190,15 @@ def test_ablation_nests_children_and_skips_finished_on_rerun(tiny_dataset_two_qp
     assert sorted((r.data.params["cfg.loss_type"], r.data.params["cfg.seed"]) for r in children) == [
         ("baseline", "1"), ("baseline", "2"), ("poly", "1"), ("poly", "2")]
     assert all(r.info.status == "FINISHED" for r in children)
+    # the parent names the loss and the child that validation prefers, not test
+    val = {loss: np.mean([r.data.metrics["best_val_macro_f1"] for r in children
+                          if r.data.params["cfg.loss_type"] == loss]) for loss in ("baseline", "poly")}
+    best = max(val, key=val.get)
+    tags, metrics = parents[0].data.tags, parents[0].data.metrics
+    assert tags["av1.best_loss"] == best and metrics[f"mean_best_val_macro_f1.{best}"] == pytest.approx(val[best])
+    assert tags["best_run"] == max((r for r in children if r.data.params["cfg.loss_type"] == best),
+                                   key=lambda r: r.data.metrics["best_val_macro_f1"]).info.run_id
+    assert {f"mean_test_macro_f1.{loss}" for loss in val} <= set(metrics)
     assert main(argv) == 0
     assert len(stage2_runs(exp)) == 4  # nothing retrained
     newest = client().search_runs([exp], "tags.`av1.kind` = 'ablation'",

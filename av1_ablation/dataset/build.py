@@ -151,14 +151,23 @@ def build_dataset(sources: list[str], out, *, qps=DEFAULT_QPS, cpu_used=2, jobs=
     started = time.perf_counter()
     arrays, encodes, absent, work = _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress, partial)
     elapsed = max(time.perf_counter() - started, 1e-9)
-    per_qp = {str(q): class_counts(arrays["labels"][arrays["qindex"] == cq_to_qindex(q)]) for q in qps}
+    manifest = _manifest(request, parsed, read, arrays, encodes, absent, work, elapsed)
+    write_store(out, arrays, manifest, overwrite=overwrite)
+    shutil.rmtree(partial, ignore_errors=True)
+    return out
+
+
+def _manifest(request, parsed, read, arrays, encodes, absent, work, elapsed) -> dict:
+    """The manifest of an encoded store (see :mod:`~av1_ablation.dataset.store`)."""
+    qps = request["settings"]["qps"]
     manifest = {
         "kind": "encoded",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "generator": f"av1_ablation {__version__}",
         "request": request,
         "tools": {**request["tools"], "aomenc_path": aomenc.find_aomenc()},
-        "settings": {**settings, "luma": "BT.601 full-range luma of 8-bit pictures << 2; chroma neutral (512)",
+        "settings": {**request["settings"],
+                     "luma": "BT.601 full-range luma of 8-bit pictures << 2; chroma neutral (512)",
                      "blocks": "source pixels (not the decoded picture)"},
         "sources": [
             {"id": i, "kind": s.kind, "name": s.name, "spec": s.spec, "sha256": r.sha256,
@@ -166,7 +175,8 @@ def build_dataset(sources: list[str], out, *, qps=DEFAULT_QPS, cpu_used=2, jobs=
             for i, (s, r) in enumerate(zip(parsed, read))
         ],
         "encodes": encodes,
-        "counts_per_qp": per_qp,
+        "counts_per_qp": {str(q): class_counts(arrays["labels"][arrays["qindex"] == cq_to_qindex(q)])
+                          for q in qps},
         "absent_nodes": absent,
         "build_seconds": round(elapsed, 2),
         "encode_seconds": round(sum(e["seconds"] for e in encodes), 2),
@@ -179,9 +189,7 @@ def build_dataset(sources: list[str], out, *, qps=DEFAULT_QPS, cpu_used=2, jobs=
     if "split_min_sources" in request:
         manifest["split_min_sources"] = request["split_min_sources"]
     manifest["default_split"] = _default_split(arrays, manifest)
-    write_store(out, arrays, manifest, overwrite=overwrite)
-    shutil.rmtree(partial, ignore_errors=True)
-    return out
+    return manifest
 
 
 def _default_split(arrays: dict, manifest: dict) -> dict:

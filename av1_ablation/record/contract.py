@@ -210,9 +210,10 @@ def lr_metric(group: str) -> str:
     return f"lr_{group}"
 
 
-def ablation_mean_metric(loss_type: str) -> str:
-    """The ablation parent's mean test macro-F1 of one loss."""
-    return f"mean_{TEST_MACRO_F1}.{loss_type}"
+def ablation_mean_metric(metric: str, loss_type: str) -> str:
+    """The ablation parent's mean of one metric over the runs of one loss:
+    ``mean_best_val_macro_f1.poly``."""
+    return f"mean_{metric}.{loss_type}"
 
 
 def compare_delta_metric(arm: str) -> str:

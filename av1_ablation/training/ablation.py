@@ -25,9 +25,10 @@ from av1_ablation.dataset.partitions import to_stage2
 from av1_ablation.errors import Terminated, UserError
 from av1_ablation.losses import LOSS_TYPES
 from av1_ablation.record.contract import (ABLATION_RUN_NAME, ALL_FOLDS, BEST_LOSS_TAG, BEST_RUN_TAG,
-                                          CHILDREN_TAG, FAILED_CHILDREN_TAG, FOLD_PARAM, JOBS_PARAM,
-                                          KIND_ABLATION, KIND_STAGE2, LOSSES_PARAM, REUSED_CHILDREN_TAG,
-                                          SEEDS_PARAM, STAGE1_RUN_TAG, TEST_MACRO_F1, ablation_mean_metric,
+                                          BEST_VAL_MACRO_F1, CHILDREN_TAG, FAILED_CHILDREN_TAG, FOLD_PARAM,
+                                          JOBS_PARAM, KIND_ABLATION, KIND_STAGE2, LOSSES_PARAM,
+                                          REUSED_CHILDREN_TAG, SEEDS_PARAM, STAGE1_RUN_TAG, TEST_MACRO_F1,
+                                          ablation_mean_metric,
                                           cfg_param, param_value)
 from av1_ablation.training import config as config_mod
 from av1_ablation.training.config import STAGE2_PRESETS, Stage2Config
@@ -172,18 +173,24 @@ def _train_in_process(cfg: Stage2Config, run_id: str, data) -> str | None:
 
 
 def log_parent_summary(child_ids: list[str]) -> None:
-    """Log each loss's mean test macro-F1 on the parent (the active run) and tag the best
-    child run."""
+    """Log each loss's mean validation and test macro-F1 over its runs (seeds, and folds) on
+    the parent (the active run), and tag the loss and the child that validation prefers:
+    the choice is made on validation, and test only reports it (``compare`` gives the
+    statistics, and pools the folds of a cross-validation)."""
     client = MlflowClient()
-    by_loss: dict[str, list[tuple[float, str]]] = {}
+    by_loss: dict[str, list[tuple[float, float, str]]] = {}
     for rid in child_ids:
         run = client.get_run(rid)
-        if run.info.status == "FINISHED" and TEST_MACRO_F1 in run.data.metrics:
+        metrics = run.data.metrics
+        if run.info.status == "FINISHED" and TEST_MACRO_F1 in metrics and BEST_VAL_MACRO_F1 in metrics:
             by_loss.setdefault(run.data.params[cfg_param("loss_type")], []).append(
-                (run.data.metrics[TEST_MACRO_F1], rid))
+                (metrics[BEST_VAL_MACRO_F1], metrics[TEST_MACRO_F1], rid))
     if not by_loss:
         return
-    means = {loss: float(np.mean([s for s, _ in v])) for loss, v in by_loss.items()}
-    mlflow.log_metrics({ablation_mean_metric(loss): m for loss, m in means.items()})
-    best_loss = max(means, key=means.get)
-    mlflow.set_tags({BEST_LOSS_TAG: best_loss, BEST_RUN_TAG: max(by_loss[best_loss])[1]})
+    val = {loss: float(np.mean([v for v, _, _ in runs])) for loss, runs in by_loss.items()}
+    mlflow.log_metrics({
+        **{ablation_mean_metric(BEST_VAL_MACRO_F1, loss): m for loss, m in val.items()},
+        **{ablation_mean_metric(TEST_MACRO_F1, loss): float(np.mean([t for _, t, _ in runs]))
+           for loss, runs in by_loss.items()}})
+    best_loss = max(val, key=val.get)
+    mlflow.set_tags({BEST_LOSS_TAG: best_loss, BEST_RUN_TAG: max(by_loss[best_loss])[2]})
