@@ -130,8 +130,11 @@ def interrupted_message(args, exc: BaseException, what: str) -> str:
     """One line: what stopped the command, what state it left, how to carry on."""
     if args.command == "dataset":
         out = Path(args.out)
-        return (f"stopped by {what}; encoders stopped, {out} unchanged, finished encodes kept in "
-                f"{out.with_name(out.name + '.partial')}; run the same command again to continue from them")
+        partial = out.with_name(out.name + ".partial")
+        kept = len(list(partial.glob("*.npz"))) if partial.is_dir() else 0
+        return (f"stopped by {what}; encoders stopped, {out} unchanged"
+                + (f", {kept} finished encode(s) kept in {partial}" if kept else "")
+                + "; run the same command again to " + ("continue from them" if kept else "build it"))
     run_id, kind = getattr(exc, "av1_run", (None, None))
     if run_id is None:
         return f"stopped by {what}"

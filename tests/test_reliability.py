@@ -241,6 +241,13 @@ def test_sigterm_while_stage1_auto_trains_kills_both_runs(tiny_dataset_two_qps, 
 
 # --- SIGTERM to a local ablation: no further child starts, no run is left RUNNING ---------------
 
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # ended while being read
+        return b""
+
+
 def train_children(pid: int) -> list[int]:
     """pids of the ``av1_ablation train`` processes whose parent is ``pid``, from /proc."""
     found = []
@@ -273,6 +280,11 @@ def test_sigterm_to_a_local_ablation_ends_the_running_and_the_queued_children(ti
     assert len(queued) >= 3 and all(r.info.status == "KILLED" for r in queued)  # 2 ran at most
     (parent,) = client().search_runs([exp], "tags.`av1.kind` = 'ablation'")
     assert parent.info.status == "KILLED"
+    # the children's tracking server (a process group of its own) is gone too
+    db = tracking_store[0].split("sqlite:///", 1)[1]
+    servers = [c for c in Path("/proc").glob("[0-9]*/cmdline")
+               if b"server" in (text := _read(c)) and db.encode() in text]
+    assert not servers
 
 
 # --- dataset: signals stop the encoders and remove the temporary files --------------------------
@@ -317,7 +329,7 @@ def test_signal_during_dataset_build_leaves_nothing_behind(tmp_path, signum, to_
     (os.killpg if to_group else os.kill)(proc.pid, signum)
     assert proc.wait(timeout=60) == status
     err = proc.stderr.read().strip()
-    assert len(err.splitlines()) == 1 and "stopped by" in err and "finished encodes kept in" in err, err
+    assert len(err.splitlines()) == 1 and "stopped by" in err and f"{out} unchanged" in err, err
     assert not [pid for pid in encoders if process_exists(pid)]
     assert list(tmpdir.iterdir()) == []
     # nor a half-written store beside --out: only whole finished encodes, for the next build

@@ -178,6 +178,31 @@ def test_interrupt_then_resume_matches_uninterrupted(tiny_dataset_two_qps, track
         assert resumed.data.metrics[key] == reference.data.metrics[key], key
 
 
+def test_the_ablation_parent_names_what_validation_prefers_not_test(tracking_store):
+    import mlflow
+
+    from av1_ablation.training.ablation import log_parent_summary
+
+    _, exp = tracking_store
+    scores = {("baseline", 1): (0.50, 0.90), ("baseline", 2): (0.52, 0.91),  # best on test
+              ("poly", 1): (0.61, 0.10), ("poly", 2): (0.61, 0.20)}  # best on validation, tied
+    ids = {}
+    for (loss, seed), (val, test) in scores.items():
+        run = client().create_run(exp)
+        client().log_param(run.info.run_id, "cfg.loss_type", loss)
+        client().log_metric(run.info.run_id, "best_val_macro_f1", val)
+        client().log_metric(run.info.run_id, "test_macro_f1", test)
+        client().set_terminated(run.info.run_id, "FINISHED")
+        ids[loss, seed] = run.info.run_id
+    with mlflow.start_run(experiment_id=exp) as parent:
+        log_parent_summary(list(ids.values()))
+    parent = client().get_run(parent.info.run_id)
+    assert parent.data.tags["av1.best_loss"] == "poly"
+    assert parent.data.tags["best_run"] == min(ids["poly", 1], ids["poly", 2])  # a tie: never by test
+    assert parent.data.metrics["mean_best_val_macro_f1.poly"] == pytest.approx(0.61)
+    assert parent.data.metrics["mean_test_macro_f1.baseline"] == pytest.approx(0.905)
+
+
 @pytest.mark.slow
 def test_ablation_nests_children_and_skips_finished_on_rerun(tiny_dataset_two_qps, tracking_store):
     _, exp = tracking_store
@@ -196,8 +221,8 @@ def test_ablation_nests_children_and_skips_finished_on_rerun(tiny_dataset_two_qp
     best = max(val, key=val.get)
     tags, metrics = parents[0].data.tags, parents[0].data.metrics
     assert tags["av1.best_loss"] == best and metrics[f"mean_best_val_macro_f1.{best}"] == pytest.approx(val[best])
-    assert tags["best_run"] == max((r for r in children if r.data.params["cfg.loss_type"] == best),
-                                   key=lambda r: r.data.metrics["best_val_macro_f1"]).info.run_id
+    assert tags["best_run"] == min((r for r in children if r.data.params["cfg.loss_type"] == best),
+                                   key=lambda r: (-r.data.metrics["best_val_macro_f1"], r.info.run_id)).info.run_id
     assert {f"mean_test_macro_f1.{loss}" for loss in val} <= set(metrics)
     assert main(argv) == 0
     assert len(stage2_runs(exp)) == 4  # nothing retrained

@@ -7,7 +7,7 @@ existing 16x16 node, the labels the partition type libaom chose for it.
 
 A build is resumable: each finished encode's labels are kept in ``<out>.partial/``
 under a key of everything that determines them (the frames' pixels, the aomenc
-arguments, the tool versions and this package's version), so an interrupted build
+arguments, the tool versions and the label code), so an interrupted build
 continues from its finished encodes and gives the same blocks and labels as an
 uninterrupted one (the manifest adds how many encodes were resumed). ``--out`` is
 written only once complete, and ``<out>.partial/`` is removed then.
@@ -15,20 +15,22 @@ written only once complete, and ``<out>.partial/`` is removed then.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from types import SimpleNamespace
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from av1_ablation import __version__
-from av1_ablation.dataset import aomenc, decoder, importers, packaged, sources as src_mod
+from av1_ablation.dataset import aomenc, decoder, importers, labels, packaged, sources as src_mod
 from av1_ablation.dataset.labels import ABSENT, node_labels
 from av1_ablation.dataset.partitions import to_stage2
 from av1_ablation.dataset.split import make_split
@@ -265,12 +267,31 @@ def _keep(path: Path, grids: np.ndarray, record: dict) -> None:
 
 def _encode_key(luma: np.ndarray, qp: int, cpu_used: int, allintra: bool) -> str:
     """What determines an encode's labels: the frames' pixels, the aomenc arguments, the tools,
-    and this package (whose label rules turn the decoder's mode info into labels)."""
+    and the code that turns the decoder's mode info into labels."""
     args = aomenc.encode_args(cq_level=qp, cpu_used=cpu_used, frames=len(luma), allintra=allintra)
     h = hashlib.sha256(json.dumps([list(luma.shape), args, aomenc.aomenc_version(), decoder.libaom_version(),
-                                   __version__]).encode())
+                                   _label_code()]).encode())
     h.update(np.ascontiguousarray(luma).tobytes())
     return h.hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=None)
+def _label_code() -> str:
+    """sha256 of the modules that make labels, so that kept encodes of other label code are not reused."""
+    h = hashlib.sha256()
+    for module in (aomenc, decoder, labels):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()
+
+
+def _refuse_twins(parsed, keys: dict) -> None:
+    """Two sources with the same pixels would be one picture on both sides of a split."""
+    seen = {}
+    for (i, _), path in keys.items():
+        j = seen.setdefault(path, i)
+        if j != i:
+            raise UserError(f"{parsed[j].spec} and {parsed[i].spec} have the same pixels; pass each picture "
+                            "once (a picture in two sources could be trained on and tested)")
 
 
 def _finished(path: Path, shape: tuple[int, int, int]):
@@ -282,7 +303,7 @@ def _finished(path: Path, shape: tuple[int, int, int]):
         if grids.shape != shape or grids.dtype != np.int8:
             raise ValueError(f"{grids.dtype} labels of shape {grids.shape}, expected int8 {shape}")
         return grids, record
-    except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it is encoded again
+    except (EOFError, zipfile.BadZipFile, ValueError, KeyError) as exc:  # damaged: encoded again
         print(f"{path}: unreadable ({type(exc).__name__}: {exc}); encoding it again", flush=True)
         path.unlink(missing_ok=True)
         return None
@@ -293,19 +314,16 @@ def _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress, partial: 
     encode records, the absent-node counts and this build's own work (frames, blocks, resumed)."""
     jobs = jobs or os.cpu_count() or 1
     encoders = aomenc.EncoderGroup()
-    partial.mkdir(parents=True, exist_ok=True)
     keys = {(i, qp): partial / f"{_encode_key(r.luma, qp, cpu_used, allintra)}.npz"
             for i, r in enumerate(read) for qp in qps}
+    _refuse_twins(parsed, keys)
+    partial.mkdir(parents=True, exist_ok=True)
     shape = {i: (len(r.luma), r.luma.shape[1] // 16, r.luma.shape[2] // 16) for i, r in enumerate(read)}
     done = {k: got for k, path in keys.items()
             if path.is_file() and (got := _finished(path, shape[k[0]])) is not None}
     if done:
         print(f"{partial}: resuming an interrupted build, {len(done)} of {len(keys)} encodes already "
               "finished", flush=True)
-    # identical pixels (one picture under two names) are encoded once
-    first = {}
-    for k in keys:
-        first.setdefault(keys[k], k)
     with tempfile.TemporaryDirectory(prefix="av1-ablation-encode-") as tmp:
         tmp = Path(tmp)
         # Threads suffice: the work happens in aomenc processes and in libaom,
@@ -315,7 +333,7 @@ def _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress, partial: 
             try:
                 # Largest sources first, so that no long encode is left alone at the end.
                 for i in sorted(range(len(read)), key=lambda k: -read[k].luma.size):
-                    todo = [qp for qp in qps if (i, qp) not in done and first[keys[i, qp]] == (i, qp)]
+                    todo = [qp for qp in qps if (i, qp) not in done]
                     if not todo:
                         continue
                     y4m = tmp / f"source{i:04d}.y4m"
@@ -338,11 +356,10 @@ def _encode_all(parsed, read, qps, cpu_used, allintra, jobs, progress, partial: 
                 "blocks": sum(int((f.result()[0] != ABSENT).sum()) for f in futures.values())}
         for i, r in enumerate(read):
             for qp in qps:
-                owner = first[keys[i, qp]]
                 if (i, qp) in done:
                     grids, record = done[i, qp][0], {**done[i, qp][1], "resumed": True}
                 else:
-                    grids, record = futures[owner].result()
+                    grids, record = futures[i, qp].result()
                 encodes.append({"source": i, **record})
                 absent["per_qp"][str(qp)] += int((grids == ABSENT).sum())
                 parts.append(_gather(r, i, cq_to_qindex(qp), grids))

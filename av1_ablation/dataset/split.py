@@ -142,7 +142,8 @@ def make_split(store, *, mode="source", fractions=(0.7, 0.15, 0.15), seed=0, fol
 
 def min_sources(store) -> dict[str, int]:
     """The least number of sources the store's validation and test splits must hold."""
-    minimum = {"val": 1, "test": 1, **store.manifest.get("split_min_sources", {})}
+    asked = store.manifest.get("split_min_sources", {})
+    minimum = {"val": 1, "test": 1, **(asked if isinstance(asked, dict) else {"bad": asked})}
     if set(minimum) != {"val", "test"} or not all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in minimum.values()):
         raise UserError(f"{store.path}: split_min_sources {store.manifest['split_min_sources']!r} in its "

@@ -35,7 +35,7 @@ from av1_ablation.training.config import STAGE2_PRESETS, Stage2Config
 from av1_ablation.training.children import child_name, end_failed_child, new_child_run, train_in_subprocesses
 from av1_ablation.training.data import cross_validation_tags, load_split_data
 from av1_ablation.training.lifecycle import (end_reason, fails_pending_run, finished_runs, log_new_params,
-                                             tracked_run)
+                                             signals_held, tracked_run)
 from av1_ablation.training.stage1 import resolve_stage1
 from av1_ablation.training.stage2 import train_stage2
 from av1_ablation.training.threads import default_threads
@@ -124,10 +124,11 @@ def run_ablation(base: Stage2Config, losses: list[str], seeds: list[int], *, job
         except BaseException as exc:
             # the children that never started (and any a dead process left open) are not left RUNNING
             interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
-            for run_id in child_ids.values():
-                with contextlib.suppress(Exception):
-                    end_failed_child(run_id, f"the ablation stopped: {end_reason(exc)}",
-                                     status="KILLED" if interrupted else "FAILED")
+            with signals_held():
+                for run_id in child_ids.values():
+                    with contextlib.suppress(Exception):
+                        end_failed_child(run_id, f"the ablation stopped: {end_reason(exc)}",
+                                         status="KILLED" if interrupted else "FAILED")
             raise
         if retries:
             mlflow.set_tag(CHILDREN_TAG, ",".join([*done.values(), *child_ids.values(), *retries]))
@@ -193,4 +194,6 @@ def log_parent_summary(child_ids: list[str]) -> None:
         **{ablation_mean_metric(TEST_MACRO_F1, loss): float(np.mean([t for _, t, _ in runs]))
            for loss, runs in by_loss.items()}})
     best_loss = max(val, key=val.get)
-    mlflow.set_tags({BEST_LOSS_TAG: best_loss, BEST_RUN_TAG: max(by_loss[best_loss])[2]})
+    # the child validation prefers; a tie goes to the smallest run id, never to test
+    best_run = min(by_loss[best_loss], key=lambda r: (-r[0], r[2]))[2]
+    mlflow.set_tags({BEST_LOSS_TAG: best_loss, BEST_RUN_TAG: best_run})

@@ -30,7 +30,7 @@ from av1_ablation.errors import UserError
 from av1_ablation.record.contract import KIND_STAGE2, KIND_TAG, PARENT_RUN_TAG, arm_run_name
 from av1_ablation.training import config as config_mod
 from av1_ablation.training.config import Stage2Config
-from av1_ablation.training.lifecycle import experiment_id, fail_pending_run
+from av1_ablation.training.lifecycle import end_reason, experiment_id, fail_pending_run, signals_held
 
 # workers import the same code as this process, installed or not
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -74,52 +74,76 @@ def exit_reason(code: int) -> str:
     return f"the child process exited with status {code}"
 
 
+# exit statuses of a child stopped by Ctrl-C or SIGTERM: its run is KILLED, not FAILED
+STOPPED = {-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM}
+STOP_GRACE_SECONDS = 120  # for the stopped children to close their runs, all together
+
+
 def train_in_subprocesses(child_ids: dict, jobs: int, threads: int) -> list[str]:
     """Train ``jobs`` children at a time on this machine; returns the names of the failed ones.
 
-    Ctrl-C, SIGTERM or an error in the parent starts no further child and sends SIGTERM to
-    the running ones, which end their runs KILLED themselves; the caller ends the runs of
-    those never started."""
+    Ctrl-C, SIGTERM or an error in the parent starts no further child, ends the runs of the
+    children never started KILLED at once, and sends SIGTERM to the running ones, which end
+    their runs KILLED themselves (SIGKILL after a grace period)."""
     import torch
 
     n_gpus = torch.cuda.device_count()
-    stopping, running, lock = threading.Event(), [], threading.Lock()
+    stopping, lock = threading.Event(), threading.Lock()
+    running, started = [], set()
 
     def launch(item):
         i, (cfg, run_id) = item
-        device = f"cuda:{i % n_gpus}" if n_gpus and cfg.device in ("auto", "cuda") else cfg.device
-        args = child_command(dataclasses.replace(cfg, device=device), threads)
-        with lock:
-            if stopping.is_set():
-                return None
-            proc = subprocess.Popen(args, env={**os.environ, **child_env(run_id, uri)})
-            running.append(proc)
-        code = proc.wait()
-        if code != 0:  # one stopped before its own handler could close its run is KILLED too
-            end_failed_child(run_id, exit_reason(code), status="KILLED" if stopping.is_set() else "FAILED")
-        return None if code == 0 else child_name(cfg)
+        try:
+            device = f"cuda:{i % n_gpus}" if n_gpus and cfg.device in ("auto", "cuda") else cfg.device
+            args = child_command(dataclasses.replace(cfg, device=device), threads)
+            with lock:
+                if stopping.is_set():
+                    return None
+                proc = subprocess.Popen(args, env={**os.environ, **child_env(run_id, uri)})
+                running.append(proc)
+                started.add(run_id)
+            code = proc.wait()
+            if code != 0:
+                stopped = stopping.is_set() or code in STOPPED
+                end_failed_child(run_id, exit_reason(code), status="KILLED" if stopped else "FAILED")
+            return None if code == 0 else child_name(cfg)
+        except Exception as exc:  # noqa: BLE001 - one child's trouble is that child's failure
+            with contextlib.suppress(Exception):
+                end_failed_child(run_id, f"could not train the child: {type(exc).__name__}: {exc}")
+            return child_name(cfg)
 
     with tracking_server_for_workers() as uri:
         pool = ThreadPoolExecutor(max_workers=jobs)
         try:
             futures = [pool.submit(launch, item) for item in enumerate(child_ids.items())]
             results = [f.result() for f in futures]
-        except BaseException:
-            with lock:
-                stopping.set()
-            pool.shutdown(wait=False, cancel_futures=True)
-            for proc in running:
-                if proc.poll() is None:
-                    proc.terminate()
-            for proc in running:
-                try:
-                    proc.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        except BaseException as exc:
+            with signals_held():
+                with lock:
+                    stopping.set()
+                pool.shutdown(wait=False, cancel_futures=True)
+                for run_id in set(child_ids.values()) - started:
+                    with contextlib.suppress(Exception):
+                        end_failed_child(run_id, f"the ablation stopped: {end_reason(exc)}", status="KILLED")
+                _stop_all(running)
             raise
         finally:
             pool.shutdown(wait=True)
     return [r for r in results if r]
+
+
+def _stop_all(procs: list) -> None:
+    """SIGTERM to every running child, SIGKILL to those still running after the grace period."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @contextmanager
@@ -161,15 +185,28 @@ def local_tracking_server(backend_uri: str, *, artifacts_destination: str | None
         while True:
             try:
                 urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
             except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise UserError(f"could not start a local tracking server (mlflow server on {url}); "
-                                    "use --jobs 1, or start `mlflow server` and set "
-                                    "MLFLOW_TRACKING_URI=http://HOST:PORT") from None
-                time.sleep(0.5)
+                pass
+            else:
+                if server.poll() is None:  # ours answered, not another process that took the port
+                    break
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise UserError(f"could not start a local tracking server (mlflow server on {url}); "
+                                "use --jobs 1, or start `mlflow server` and set "
+                                "MLFLOW_TRACKING_URI=http://HOST:PORT")
+            time.sleep(0.5)
         yield url
     finally:
+        _stop_group(server)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to a process group leader's group (a server and its workers), SIGKILL after 30 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)  # the server's own workers too
-        server.wait(timeout=30)
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=30)
+            return
+        except subprocess.TimeoutExpired:
+            continue

@@ -12,6 +12,7 @@ import platform
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +33,23 @@ LEASE_SETTLE_SECONDS = 0.3
 
 def install_sigterm_handler() -> None:
     signal.signal(signal.SIGTERM, raise_terminated)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM do nothing inside: the clean-up after a first one must not be cut
+    short by a second (a terminal's Ctrl-C and a parent's SIGTERM often arrive together)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in saved:
+        signal.signal(s, lambda *_: None)
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
 
 
 def git_commit() -> str | None:
@@ -95,11 +113,12 @@ def tracked_run(*, kind: str, run_id: str | None = None, run_name: str | None = 
         yield run
     except (KeyboardInterrupt, Terminated) as exc:
         _name_run(exc, run.info.run_id, kind)
-        with contextlib.suppress(BaseException):
-            if on_interrupt is not None:
-                on_interrupt()
-        mlflow.set_tag(FAILURE_TAG, end_reason(exc))
-        mlflow.end_run("KILLED")
+        with signals_held():
+            with contextlib.suppress(Exception):
+                if on_interrupt is not None:
+                    on_interrupt()
+            mlflow.set_tag(FAILURE_TAG, end_reason(exc))
+            mlflow.end_run("KILLED")
         raise
     except BaseException as exc:
         _name_run(exc, run.info.run_id, kind)
