@@ -11,7 +11,9 @@ project's way: blocks resident on the device, sampled and augmented by index
 batches, the frozen prefix computed once per dihedral variant, and exact
 1x1-output fast paths for the convolutions. Same model, same batch size, same
 optimiser; synthetic 10-bit blocks and labels (throughput does not depend on
-them). The last line is ``speedup_vs_seed_loop=<ratio>``.
+them). Each loop runs ``--repeats`` times, the two loops taking turns, and the
+figures are medians (with the range): one run of each swings by 20-30% with the
+host's load. The last line is ``speedup_vs_seed_loop=<ratio of the medians>``.
 
 ``--concurrent N`` measures instead what N trainings at once get, each in a process
 of its own with the thread budget the commands use (the cores divided by N, or
@@ -187,14 +189,15 @@ def main():
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the seed-style loop")
     p.add_argument("--warmup", type=int, default=3, help="batches excluded from the timing")
+    p.add_argument("--repeats", type=int, default=5, help="runs of each loop, taking turns (default 5)")
     p.add_argument("--concurrent", type=int, default=1, metavar="N",
                    help="measure N trainings at once against one alone (default 1: the seed comparison)")
     p.add_argument("--threads", type=int, default=None, metavar="T",
                    help="threads per training with --concurrent (default: the cores divided by the "
                         "trainings at once; the number of cores reproduces the unbudgeted case)")
     args = p.parse_args()
-    if args.concurrent < 1 or (args.threads is not None and args.threads < 1):
-        p.error("--concurrent and --threads must be >= 1")
+    if args.concurrent < 1 or args.repeats < 1 or (args.threads is not None and args.threads < 1):
+        p.error("--concurrent, --repeats and --threads must be >= 1")
     if args.concurrent > 1:
         concurrent_main(args)
         return
@@ -205,10 +208,16 @@ def main():
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, width {args.width}, "
           f"{args.blocks} blocks x {args.epochs} epoch(s), batch {args.batch_size}")
-    seed = seed_loop(blocks, labels, args, device)
-    print(f"seed-style loop:   {seed:10.0f} blocks/s")
-    ours, cache_seconds = project_loop(blocks, labels, args, device)
-    print(f"project loop:      {ours:10.0f} blocks/s (prefix cache built in {cache_seconds:.2f} s)")
+    seeds, ours_all, caches = [], [], []
+    for _ in range(args.repeats):  # taking turns, so that a drift of the host's load hits both
+        seeds.append(seed_loop(blocks, labels, args, device))
+        rate, cache_seconds = project_loop(blocks, labels, args, device)
+        ours_all.append(rate)
+        caches.append(cache_seconds)
+    seed, ours, cache_seconds = (float(np.median(v)) for v in (seeds, ours_all, caches))
+    print(f"seed-style loop:   {seed:10.0f} blocks/s (median of {args.repeats}; {min(seeds):.0f}-{max(seeds):.0f})")
+    print(f"project loop:      {ours:10.0f} blocks/s (median of {args.repeats}; {min(ours_all):.0f}-"
+          f"{max(ours_all):.0f}; prefix cache built in {cache_seconds:.2f} s)")
     print(f"epoch time at {args.blocks} blocks: seed {args.blocks / seed:.2f} s, project "
           f"{args.blocks / ours:.2f} s")
     if device.type == "cuda":
