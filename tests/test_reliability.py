@@ -241,25 +241,24 @@ def test_sigterm_while_stage1_auto_trains_kills_both_runs(tiny_dataset_two_qps, 
 
 # --- SIGTERM to a local ablation: no further child starts, no run is left RUNNING ---------------
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:  # ended while being read
-        return b""
+def processes(wanted, parent: int | None = None) -> list[int]:
+    """pids of the processes (children of ``parent``, if given) whose argv ``wanted`` accepts,
+    from /proc."""
+    found = []
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc_dir / "cmdline").read_bytes().split(b"\0")
+            ppid = int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # ended while being read
+        if (parent is None or ppid == parent) and wanted(argv):
+            found.append(int(proc_dir.name))
+    return found
 
 
 def train_children(pid: int) -> list[int]:
-    """pids of the ``av1_ablation train`` processes whose parent is ``pid``, from /proc."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().split(b"\0")
-            ppid = int((cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # ended while being read
-        if ppid == pid and b"av1_ablation" in argv and b"train" in argv:
-            found.append(int(cmdline.parent.name))
-    return found
+    """pids of the ``av1_ablation train`` processes whose parent is ``pid``."""
+    return processes(lambda argv: b"av1_ablation" in argv and b"train" in argv, parent=pid)
 
 
 @pytest.mark.slow
@@ -282,26 +281,14 @@ def test_sigterm_to_a_local_ablation_ends_the_running_and_the_queued_children(ti
     assert parent.info.status == "KILLED"
     # the children's tracking server (a process group of its own) is gone too
     db = tracking_store[0].split("sqlite:///", 1)[1]
-    servers = [c for c in Path("/proc").glob("[0-9]*/cmdline")
-               if b"server" in (text := _read(c)) and db.encode() in text]
-    assert not servers
+    assert not processes(lambda argv: b"server" in (text := b"\0".join(argv)) and db.encode() in text)
 
 
 # --- dataset: signals stop the encoders and remove the temporary files --------------------------
 
 def aomenc_children(pid: int) -> list[int]:
-    """pids of the aomenc processes whose parent is ``pid``, from /proc."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)
-            name = fields[0].split("(", 1)[1]
-            ppid = int(fields[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # ended while being read
-        if ppid == pid and name == "aomenc":
-            found.append(int(stat.parent.name))
-    return found
+    """pids of the aomenc processes whose parent is ``pid``."""
+    return processes(lambda argv: Path(os.fsdecode(argv[0])).name == "aomenc", parent=pid)
 
 
 def process_exists(pid: int) -> bool:
