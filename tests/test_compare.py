@@ -14,9 +14,10 @@ from statsmodels.stats.multitest import multipletests
 
 from av1_ablation.comparison import command as compare
 from av1_ablation.errors import UserError
+from av1_ablation.record.contract import CHILDREN_TAG
 from av1_ablation.record.metrics import calibration_metrics, classification_metrics
 from av1_ablation.comparison.report import render_markdown, render_text, summarise
-from av1_ablation.comparison.runs import RunRecord
+from av1_ablation.comparison.runs import RunRecord, load_runs
 
 N_BLOCKS = 240
 CFG = {"cfg.epochs": "3", "cfg.batch_size": "64", "cfg.lr_head": "0.001", "cfg.width": "16",
@@ -388,3 +389,90 @@ def test_friedman_runs_on_the_seeds_every_arm_shares():
     assert c.friedman.statistic == pytest.approx(stats.friedmanchisquare(*table.T).statistic)
     runs = [r for r in oracle_records() if (r.loss_type, r.seed) != ("asymmetric", 3)]
     assert summarise(runs, n_resamples=200).friedman.n_seeds == 2
+
+
+# --------------------------------------------------------------------------- review fixes
+def _pair(d, val_lead=0.02):
+    """baseline and poly, poly best on validation, its test differences ``d`` per seed."""
+    runs = [record("baseline", s, BASE[s]) for s in BASE]
+    return runs + [record("poly", s, BASE[s] + d[s], BASE[s] + val_lead) for s in BASE]
+
+
+def test_a_significantly_worse_validation_winner_is_said_to_be_worse():
+    # Best on validation, consistently worse on test: the two-sided test is significant.
+    c = summarise(_pair({1: -0.015, 2: -0.018, 3: -0.016}), n_resamples=200)
+    assert c.winner == "poly" and c.tests["poly"].holm_p["paired_t"] < c.alpha
+    assert "it survives" not in c.verdict
+    assert ("poly, the arm chosen on validation, is significantly worse than baseline on test: the "
+            "difference survives Holm's correction at alpha = 0.05") in c.verdict
+    assert f"adjusted p = {c.tests['poly'].holm_p['paired_t']:.3g})" in c.verdict
+    # Under the 0.5 pp threshold but negative: no "not a practical win" about a loss.
+    small = summarise(_pair({1: -0.0030, 2: -0.0033, 3: -0.0031}), n_resamples=200)
+    assert "significantly worse" in small.verdict and "practical win" not in small.verdict
+    # A small significant positive lead still gets the clause.
+    win = summarise(_pair({1: 0.0030, 2: 0.0033, 3: 0.0031}), n_resamples=200)
+    assert "it survives Holm's correction" in win.verdict and "not a practical win" in win.verdict
+
+
+def test_verdict_says_when_holm_step_down_rests_on_the_other_arms():
+    poly, asym = {1: 0.010, 2: 0.013, 3: 0.007}, {1: -0.030, 2: -0.031, 3: -0.029}
+    runs = _pair(poly) + [record("asymmetric", s, BASE[s] + asym[s], BASE[s] - 0.02) for s in BASE]
+    full = summarise(runs, n_resamples=200)
+    # poly's raw p (0.029) passes Holm only because asymmetric's smaller p is rejected first;
+    # 2 x p = 0.057 would not, and losing one asymmetric run turns the verdict around.
+    assert "it survives Holm's correction" in full.verdict
+    assert "depends on the other arms' p-values" in full.verdict and "2 × p = 0.0574" in full.verdict
+    lost = summarise([r for r in runs if (r.loss_type, r.seed) != ("asymmetric", 3)], n_resamples=200)
+    assert "does not survive" in lost.verdict and "depends on the other arms" not in lost.verdict
+    # The ordinary case, where Holm and the Bonferroni bound agree, prints no such clause.
+    assert "depends on the other arms" not in summarise(oracle_records(), n_resamples=200).verdict
+
+
+def test_power_line_for_large_tiny_and_constant_effects():
+    # A large consistent lead (d_z = 20): statsmodels' power was NaN, read as "no spread".
+    big = summarise(_pair({1: 0.020, 2: 0.022, 3: 0.0205}), n_resamples=200)
+    assert big.tests["poly"].seeds_for_power == 2 and "needs 2 seeds for 80% power" in big.power_line
+    # d_z = 0.01: beyond the cap, said as such (the lead has spread, so not "no spread").
+    tiny = summarise(_pair({1: 0.0101, 2: -0.0099, 3: 0.0001}), n_resamples=200)
+    assert tiny.tests["poly"].seeds_for_power is None
+    assert "would need more than 10000 seeds" in tiny.power_line and "no spread" not in tiny.power_line
+    flat = summarise(_pair({1: 0.01, 2: 0.01, 3: 0.01}), n_resamples=200)
+    assert flat.tests["poly"].paired.sd_diff == 0 and "no variance" in flat.power_line
+    assert "more than" not in flat.power_line
+
+
+def test_group_by_keeps_the_same_seeds_of_every_group(tracking_store, tmp_path):
+    # Same losses and seeds under two cfg.epochs: no duplicates once grouped by cfg.epochs.
+    uri, exp_id = tracking_store
+    client = MlflowClient(uri)
+    for epochs in ("3", "5"):
+        for arm in ("baseline", "poly"):
+            for seed in (1, 2, 3):
+                log_stage2_run(client, exp_id, tmp_path, arm, seed, cfg={"cfg.epochs": epochs})
+    selection, comparisons = compare.compare(parse("--group-by", "cfg.epochs"))
+    assert len(selection.records) == 12 and not selection.left_out
+    assert sorted(c.group for c in comparisons) == ["cfg.epochs=3", "cfg.epochs=5"]
+    # Within one group the older of two runs of a loss and seed is still a duplicate.
+    log_stage2_run(client, exp_id, tmp_path, "poly", 1, cfg={"cfg.epochs": "3"})
+    selection, _ = compare.compare(parse("--group-by", "cfg.epochs"))
+    assert len(selection.records) == 12 and len(selection.left_out) == 1
+    assert "and cfg.epochs" in selection.left_out[0]["reason"]
+
+
+def test_filter_applies_to_children_reused_from_an_earlier_parent(tracking_store, tmp_path):
+    uri, exp_id = tracking_store
+    client = MlflowClient(uri)
+    # The first invocation trained seeds 1-3 (and a 5-epoch run the filter must drop); the
+    # second re-used them, listed in its children tag, and trained seeds 4 and 5.
+    first, old = log_ablation(client, exp_id, tmp_path, arms=("baseline", "poly"))
+    other = log_stage2_run(client, exp_id, tmp_path, "poly", 6, parent=first, cfg={"cfg.epochs": "5"})
+    second = client.create_run(exp_id, tags={"av1.kind": "ablation"}).info.run_id
+    new = [log_stage2_run(client, exp_id, tmp_path, a, s, parent=second) for a in ("baseline", "poly")
+           for s in (4, 5)]
+    client.set_tag(second, CHILDREN_TAG, ",".join([*old, other, *new]))
+    client.set_terminated(second)
+    unfiltered = load_runs(parent=second, with_predictions=False)
+    assert sorted(r.run_id for r in unfiltered.records) == sorted([*old, other, *new])
+    selection, [c] = compare.compare(parse("--parent", second, "--filter", "params.`cfg.epochs` = '3'"))
+    assert sorted(r.run_id for r in selection.records) == sorted([*old, *new])
+    assert c.tests["poly"].shared_seeds == [1, 2, 3, 4, 5]

@@ -1,10 +1,11 @@
 """Statistics against scipy/statsmodels and the design's oracle numbers, on small fixed inputs."""
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import integrate, stats
 from sklearn.metrics import confusion_matrix, f1_score
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
@@ -20,6 +21,7 @@ from av1_ablation.comparison.statistics import (
     paired_bootstrap,
     paired_seed_tests,
     probability_of_superiority,
+    MAX_SEEDS_FOR_POWER,
     seeds_for_power,
     sign_flip_test,
 )
@@ -338,6 +340,39 @@ def test_seeds_for_power_reaches_the_power_and_no_fewer_would():
     assert seeds_for_power(0.0, sd, alpha=alpha) is None
     assert seeds_for_power(mean, 0.0, alpha=alpha) is None
     assert seeds_for_power(mean, None, alpha=alpha) is None
+
+
+def _power_by_integration(d_z, n, alpha):
+    """Two-sided paired t power, P(|T| > c), integrating the normal tails over the chi-square
+    of the variance: independent of scipy's noncentral t."""
+    df, nc = n - 1, d_z * math.sqrt(n)
+    c = stats.t.isf(alpha / 2, df)
+    f = lambda v: stats.chi2.pdf(v, df) * (stats.norm.sf(c * math.sqrt(v / df) - nc)  # noqa: E731
+                                           + stats.norm.cdf(-c * math.sqrt(v / df) - nc))
+    # Bounds around the chi-square's mass: over [0, inf) quad misses it for large df.
+    lo, hi = stats.chi2.ppf(1e-14, df), stats.chi2.isf(1e-14, df)
+    return integrate.quad(f, lo, hi, limit=400, epsabs=1e-13, epsrel=1e-12)[0]
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.0125])
+@pytest.mark.parametrize("d_z", [0.2, 0.5, 1.0, 1.64, 2.5, 4, 6, 10, 20, 40])
+def test_seeds_for_power_is_exact_for_large_effects_too(d_z, alpha):
+    # statsmodels' power is NaN once scipy's nct.cdf underflows to NaN in the far lower tail
+    # (d_z >= 6 gave None, d_z = 10 gave 2 seeds instead of 3).
+    n = seeds_for_power(d_z * 0.01, 0.01, alpha=alpha)
+    assert n is not None
+    assert _power_by_integration(d_z, n, alpha) >= 0.8
+    assert n == 2 or _power_by_integration(d_z, n - 1, alpha) < 0.8
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        solved = float(np.squeeze(TTestPower().solve_power(effect_size=d_z, alpha=alpha, power=0.8)))
+    if math.isfinite(solved) and d_z < 6:  # where statsmodels was right, the answer is unchanged
+        assert n == max(2, math.ceil(solved))
+
+
+def test_seeds_for_power_gives_up_beyond_the_cap():
+    assert seeds_for_power(0.0001, 0.01, alpha=0.05) is None  # d_z = 0.01: ~78,000 seeds
+    assert seeds_for_power(0.001, 0.01, alpha=0.05) < MAX_SEEDS_FOR_POWER  # d_z = 0.1: ~800
 
 
 # --------------------------------------------------------------------------- Friedman

@@ -82,7 +82,7 @@ def compare(args) -> tuple[Selection, list[Comparison]]:
     """Load, check and summarise the runs named by the parsed arguments."""
     _check_args(args)
     selection = pool_selection(load_runs(parent=args.parent, experiment=args.experiment,
-                                         filter_string=args.filter_string))
+                                         filter_string=args.filter_string, group_by=args.group_by))
     groups = group_records(selection.records, args.group_by)
     comparisons = []
     for label, records in groups.items():

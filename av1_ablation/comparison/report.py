@@ -15,8 +15,9 @@ The evidence, in the order a reviewer should weigh it:
 3. on the test blocks (paired bootstrap resampling test pictures, McNemar
    per seed): test-set sampling noise only, never a verdict on its own.
 
-The verdict rests on the winner-versus-reference pair alone: the winner is
-picked on validation macro-F1, judged on test, with the pair's own seeds.
+The verdict rests on the winner-versus-reference pair: the winner is picked
+on validation macro-F1, judged on test, with the pair's own seeds; only its
+Holm-adjusted p also depends on the other arms (the verdict says when that decides it).
 """
 from __future__ import annotations
 
@@ -26,10 +27,10 @@ import numpy as np
 import pandas as pd
 
 from av1_ablation.comparison.runs import RunRecord
-from av1_ablation.comparison.statistics import (BootstrapResult, FriedmanResult, PairedSeedResult,
-                                                SeedTestResult, across_seed_tests, friedman_test, holm,
-                                                mcnemar_test, paired_bootstrap, paired_seed_tests,
-                                                seeds_for_power)
+from av1_ablation.comparison.statistics import (MAX_SEEDS_FOR_POWER, BootstrapResult, FriedmanResult,
+                                                PairedSeedResult, SeedTestResult, across_seed_tests,
+                                                friedman_test, holm, mcnemar_test, paired_bootstrap,
+                                                paired_seed_tests, seeds_for_power)
 from av1_ablation.dataset.partitions import STAGE2_NAMES
 from av1_ablation.errors import UserError
 from av1_ablation.record.contract import (ACCURACY, BEST_EPOCH, BEST_VAL_MACRO_F1, BRIER, CLASS_KEYS, CLUSTER,
@@ -303,8 +304,9 @@ def summarise(records: list[RunRecord], *, reference: str = "baseline", group: s
     random_state : int, default=0
         Seed of the bootstrap and of Friedman's permutation draw, so reports are reproducible.
     primary_test : {"paired_t", "sign_flip", "wilcoxon", "welch", "mannwhitney"}, default="paired_t"
-        Across-seed test whose Holm-adjusted p decides the verdict. It depends
-        only on the winner-reference pair, never on other arms' seed counts.
+        Across-seed test whose Holm-adjusted p decides the verdict. Its raw p is the
+        winner-reference pair's; Holm's step-down adjusts it by its rank among the other
+        arms' p-values, and the verdict says so when that decides it.
     resample : {"clusters", "blocks"}, default="clusters"
         Unit of the test-side paired bootstrap: test pictures (the
         ``cluster`` column of the predictions), or single blocks. Predictions
@@ -395,6 +397,23 @@ def _test_set_evidence(c: Comparison, arm: str) -> str:
     return ""
 
 
+def _holm_dependence(c: Comparison, raw: float, q: float) -> str:
+    """A clause when the verdict hangs on the other arms' p-values, else "".
+
+    Holm's step-down adjusts the winner's p by its rank among all arms' p-values, so
+    another arm's runs can move it across alpha (one lost run of a clearly worse arm can
+    turn "survives" into "does not survive"). That happens exactly when the
+    Holm-adjusted p and the Bonferroni bound ``min(1, m * p)``, which depends on the pair
+    alone, fall on different sides of alpha; in the ordinary case the sentence is unchanged.
+    """
+    bound = min(1.0, c.holm_family * raw)
+    if (q < c.alpha) == (bound < c.alpha):
+        return ""
+    return (f"; this depends on the other arms' p-values: Holm's step-down passes it only because "
+            f"smaller p-values of other arms were rejected first, and the Bonferroni bound "
+            f"{c.holm_family} × p = {bound:.3g} alone would not")
+
+
 def _lead_sentence(c: Comparison) -> str:
     w, ref, t = c.winner, c.reference, c.tests[c.winner]
     p = t.paired
@@ -408,14 +427,20 @@ def _lead_sentence(c: Comparison) -> str:
     if raw is None or q is None:
         return f"{lead}; the {_TEST_NAMES[c.primary_test]} cannot judge it: {note or 'no p-value'}."
     ci = f" (95% CI [{_pp(p.ci_low)}, {_pp(p.ci_high)}] pp)" if p.ci_low is not None else ""
-    word = "survives" if q < c.alpha else "does not survive"
-    # The family size is fixed by design (untestable arms count as p = 1), so this sentence
-    # does not change when another arm loses a run.
-    s = (f"{lead}{ci}; it {word} Holm's correction at alpha = {c.alpha:g} ({_TEST_NAMES[c.primary_test]}, "
-         f"Holm over {c.holm_family} comparison(s) with {ref}: adjusted p = {q:.3g}).")
+    test = (f"({_TEST_NAMES[c.primary_test]}, Holm over {c.holm_family} comparison(s) with {ref}: "
+            f"adjusted p = {q:.3g}{_holm_dependence(c, raw, q)})")
+    # The two-sided test is also significant when the arm chosen on validation is worse on
+    # test, and that must not read as a lead that survives.
+    ahead = p.mean_diff > 0
+    if q < c.alpha and not ahead:
+        s = (f"{lead}{ci}; {w}, the arm chosen on validation, is significantly worse than {ref} on "
+             f"test: the difference survives Holm's correction at alpha = {c.alpha:g} {test}.")
+    else:
+        word = "survives" if q < c.alpha else "does not survive"
+        s = f"{lead}{ci}; it {word} Holm's correction at alpha = {c.alpha:g} {test}."
     if c.primary_test in ("sign_flip", "wilcoxon"):
         s += f" With {p.n} seeds this test cannot go below p = {p.sign_flip_min_p:.3g}."
-    if q < c.alpha and abs(100 * p.mean_diff) < FAILURE_PP:
+    if q < c.alpha and ahead and 100 * p.mean_diff < FAILURE_PP:
         s += f" The lead is under the protocol's {FAILURE_PP} pp threshold: not a practical win."
     elif q >= c.alpha and p.tost_p is not None:
         if p.tost_p < c.alpha:
@@ -452,8 +477,11 @@ def equivalence_line(c: Comparison) -> str:
 
 
 def _verdict(c: Comparison) -> str:
-    """The winner sentence and its lead over the reference: a function of that pair alone
-    (plus the fixed Holm family size), so another arm's missing run cannot change it."""
+    """The winner sentence and its lead over the reference.
+
+    The numbers are the winner-reference pair's; only the Holm-adjusted p also depends on the
+    other arms' p-values, and the sentence says so when that decides it (:func:`_holm_dependence`).
+    """
     if len(c.arms) == 1:
         lead = f"Only the reference arm {c.reference} has runs: there is nothing to compare."
     elif c.winner == c.reference:
@@ -485,7 +513,11 @@ def power_line(c: Comparison) -> str:
     t, ref = c.tests[arm], c.reference
     p, m = t.paired, c.holm_family
     if t.seeds_for_power is None:
-        why = p.note or ("no effect to detect" if p.mean_diff == 0 else "no spread to estimate it from")
+        if p.note or p.mean_diff == 0 or not p.sd_diff:
+            why = p.note or ("no effect to detect" if p.mean_diff == 0 else "no spread to estimate it from")
+        else:  # seeds_for_power gives up beyond its cap rather than print a meaningless count
+            why = (f"an effect this small (d_z = {p.effect_size:.2g}) would need more than "
+                   f"{MAX_SEEDS_FOR_POWER} seeds")
         return f"Power ({arm} vs {ref}): not computed: {why}."
     return (f"Power ({arm} vs {ref}): observed paired effect {_pp(p.mean_diff)} pp, sd {100 * p.sd_diff:.2f} pp "
             f"over {p.n} seeds (d_z = {p.effect_size:.2f}); a two-sided paired t-test at the first Holm level "

@@ -137,15 +137,31 @@ def read_test_predictions(client, run_id: str, dst: Path) -> pd.DataFrame | None
     return read_predictions(client, run_id, "test", dst)
 
 
-def _reused_children(client, parent: str, found: set[str]) -> list:
+# Run ids per ``run_id IN (...)`` search, so a long children list stays a short query.
+RUN_ID_CHUNK = 100
+
+
+def _reused_children(client, exp_id: str, parent: str, found: set[str], clauses: list[str]) -> list:
     """Children an ablation re-used from an earlier invocation instead of retraining them
-    (listed in the parent's ``av1.children`` tag, nested under the earlier parent)."""
+    (listed in the parent's ``av1.children`` tag, nested under the earlier parent).
+
+    With ``clauses`` (the kind and ``--filter`` clauses) only the listed runs matching them
+    are returned, so a filter applies to re-used children as to the others.
+    """
     listed = client.get_run(parent).data.tags.get(CHILDREN_TAG, "")
-    return [client.get_run(rid) for rid in listed.split(",") if rid and rid not in found]
+    ids = list(dict.fromkeys(rid for rid in listed.split(",") if rid and rid not in found))
+    if not clauses:
+        return [client.get_run(rid) for rid in ids]
+    runs = []
+    for i in range(0, len(ids), RUN_ID_CHUNK):
+        chunk = ", ".join(f"'{rid}'" for rid in ids[i:i + RUN_ID_CHUNK])
+        runs += _search(client, exp_id, " and ".join([*clauses, f"attributes.run_id IN ({chunk})"]))
+    return runs
 
 
 def load_runs(*, parent: str | None = None, experiment: str | None = None,
-              filter_string: str | None = None, with_predictions: bool = True) -> Selection:
+              filter_string: str | None = None, with_predictions: bool = True,
+              group_by: str | None = None) -> Selection:
     """Load the Stage-2 runs to compare.
 
     Parameters
@@ -160,12 +176,15 @@ def load_runs(*, parent: str | None = None, experiment: str | None = None,
         Without ``parent`` it searches all Stage-2 runs of the experiment.
     with_predictions : bool, default=True
         Download ``predictions/test.csv`` of every run; a run without it is an error.
+    group_by : str, default=None
+        The param or tag (``tags.<name>``) the runs will be grouped by (see
+        :func:`group_records`); runs that differ in it are no duplicates.
 
     Returns
     -------
     selection : Selection
-        The FINISHED runs (newest first per loss/seed; older duplicates are
-        left out) and the left-out runs with the reason.
+        The FINISHED runs (the newest per loss, seed, fold and ``group_by``
+        value; older duplicates are left out) and the left-out runs with the reason.
 
     Raises
     ------
@@ -178,7 +197,7 @@ def load_runs(*, parent: str | None = None, experiment: str | None = None,
     runs = _search_arms(client, exp_id, parent, filter_string)
     if filter_string:
         description += f" matching {filter_string!r}"
-    records, left_out = read_records(client, runs, with_predictions)
+    records, left_out = read_records(client, runs, with_predictions, group_by=group_by)
     if not records:
         raise UserError(f"no finished Stage-2 runs found ({description}); run the ablation first "
                         "(`mlflow run . -e ablation`) or point --experiment/--parent/--filter at it")
@@ -212,18 +231,20 @@ def _search_arms(client, exp_id: str, parent: str | None, filter_string: str | N
     """The Stage-2 runs of ``parent`` (with those it re-used) or of the experiment, newest first."""
     from mlflow.exceptions import MlflowException
 
-    clauses = [kind_clause(KIND_STAGE2)]
-    if parent:
-        clauses.append(children_clause(parent))
+    selected = [kind_clause(KIND_STAGE2)]
     if filter_string:
-        clauses.append(f"({filter_string})" if " or " in filter_string.lower() else filter_string)
+        selected.append(f"({filter_string})" if " or " in filter_string.lower() else filter_string)
+    clauses = [*selected, children_clause(parent)] if parent else selected
     try:
         runs = _search(client, exp_id, " and ".join(clauses))
     except MlflowException as exc:
         raise UserError(f"MLflow rejected the run filter: {exc.message.splitlines()[0]}; fix --filter "
                         f"(MLflow search syntax, e.g. \"params.{cfg_param('epochs')} = '20'\")") from None
-    if parent and not filter_string:
-        runs += _reused_children(client, parent, {r.info.run_id for r in runs})
+    if parent:
+        # Re-used children are nested under an earlier parent, so the search above misses
+        # them; a filter must select among them too, not drop them all.
+        runs += _reused_children(client, exp_id, parent, {r.info.run_id for r in runs},
+                                 selected if filter_string else [])
     return runs
 
 
@@ -232,10 +253,12 @@ def _loss_type(run) -> str | None:
 
 
 def read_records(client, runs: list, with_predictions: bool, name_of=_loss_type,
-                 skip_without_predictions: bool = False) -> tuple[list[RunRecord], list[dict[str, str]]]:
-    """The usable runs as records (the newest of each name, seed and fold; ``name_of(run)``
-    names the arm, by default its loss type) and the left-out ones with the reason. A run
-    without test predictions is an error, or left out with ``skip_without_predictions``."""
+                 skip_without_predictions: bool = False,
+                 group_by: str | None = None) -> tuple[list[RunRecord], list[dict[str, str]]]:
+    """The usable runs as records (the newest of each name, seed, fold and ``group_by``
+    value; ``name_of(run)`` names the arm, by default its loss type) and the left-out ones
+    with the reason. A run without test predictions is an error, or left out with
+    ``skip_without_predictions``."""
     records, left_out, seen = [], [], set()
     with tempfile.TemporaryDirectory(prefix="av1-compare-") as tmp:
         for run in runs:
@@ -247,9 +270,12 @@ def read_records(client, runs: list, with_predictions: bool, name_of=_loss_type,
             if name is None or SEED_PARAM not in p:
                 left_out.append({**label, "reason": "no loss_type/seed params"})
                 continue
-            key = (name, p[SEED_PARAM], param_value(p, FOLDS_PARAM), param_value(p, FOLD_PARAM))
+            # Runs that --group-by will put in different groups are no duplicates of each other.
+            key = (name, p[SEED_PARAM], param_value(p, FOLDS_PARAM), param_value(p, FOLD_PARAM),
+                   group_value(p, run.data.tags, group_by))
             if key in seen:
-                left_out.append({**label, "reason": "older duplicate of the same loss_type, seed and fold"})
+                same = "loss_type, seed and fold" + (f" and {group_by}" if group_by else "")
+                left_out.append({**label, "reason": f"older duplicate of the same {same}"})
                 continue
             record = _record(client, run, name, Path(tmp) / rid if with_predictions else None,
                              required=not skip_without_predictions)
@@ -316,14 +342,22 @@ def check_comparable(records: list[RunRecord], *, ignore=()) -> None:
                             "other test blocks than the rest; compare runs of the same data set and split")
 
 
+def group_value(params: dict[str, str], tags: dict[str, str], group_by: str | None) -> str | None:
+    """The value of the ``--group-by`` key (a param, or ``tags.<name>``) in a run; None when
+    it has none or no key is given."""
+    if not group_by:
+        return None
+    if group_by.startswith("tags."):
+        return tags.get(group_by[len("tags."):])
+    return params.get(group_by)
+
+
 def group_records(records: list[RunRecord], group_by: str | None) -> dict[str, list[RunRecord]]:
     """Split the runs by the value of a param or tag (``None``: one group)."""
     if not group_by:
         return {"all runs": records}
     def value(r):
-        if group_by.startswith("tags."):
-            return r.tags.get(group_by[5:])
-        return r.params.get(group_by)
+        return group_value(r.params, r.tags, group_by)
     if all(value(r) is None for r in records):
         known = sorted({k for r in records for k in r.params})
         raise UserError(f"--group-by {group_by}: no run has this param; use one of {', '.join(known)} "

@@ -54,7 +54,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_paired
 
 from av1_ablation.record.metrics import N_CLASSES
@@ -74,6 +73,8 @@ __all__ = [
     "paired_bootstrap",
     "paired_seed_tests",
     "probability_of_superiority",
+    "MAX_SEEDS_FOR_POWER",
+    "paired_t_power",
     "seeds_for_power",
     "sign_flip_test",
 ]
@@ -706,14 +707,56 @@ def paired_seed_tests(scores_a, scores_b, *, min_seeds: int = 3, confidence_leve
                             tost_p=tost_p, margin=margin, note=w_note)
 
 
+# Beyond this many seeds a planning figure says nothing useful (and the search stays short).
+MAX_SEEDS_FOR_POWER = 10_000
+
+
+def paired_t_power(effect_size: float, n: int, *, alpha: float) -> float:
+    """Power of a two-sided one-sample (paired) t-test with ``n`` pairs.
+
+    ``P(|T| > t_crit)`` with ``T`` noncentral t (``n - 1`` degrees of freedom,
+    noncentrality ``effect_size * sqrt(n)``), as ``TTestPower.power`` computes
+    it, but safe for large effects: there scipy's ``nct.cdf`` returns NaN in
+    the far lower tail (a probability that is 0 to double precision), which
+    made statsmodels' power, and its solver, NaN.
+
+    Parameters
+    ----------
+    effect_size : float
+        Standardised effect ``d_z = mean / sd`` of the paired differences.
+    n : int
+        Number of pairs (at least 2).
+    alpha : float
+        Two-sided significance level.
+
+    Returns
+    -------
+    power : float
+
+    Examples
+    --------
+    >>> round(paired_t_power(1.0, 10, alpha=0.05), 3)
+    0.803
+    """
+    df = n - 1
+    nc = abs(effect_size) * math.sqrt(n)
+    crit = float(stats.t.isf(alpha / 2, df))
+    upper = float(stats.nct.sf(crit, df, nc))
+    lower = float(stats.nct.cdf(-crit, df, nc))
+    return upper + (lower if math.isfinite(lower) else 0.0)
+
+
 def seeds_for_power(mean_diff: float, sd_diff: float | None, *, alpha: float,
                     power: float = 0.8) -> int | None:
     """Seeds a two-sided paired t-test needs to detect ``mean_diff`` with ``power``.
 
-    Solves ``statsmodels.stats.power.TTestPower`` for the number of pairs at
-    the standardised effect ``d_z = |mean_diff| / sd_diff`` and level
-    ``alpha`` (pass the multiplicity-adjusted level, e.g. ``alpha / m`` for
-    the first step of Holm over ``m`` comparisons).
+    The smallest whole number of pairs whose exact power
+    (:func:`paired_t_power`) at the standardised effect
+    ``d_z = |mean_diff| / sd_diff`` and level ``alpha`` reaches ``power``
+    (pass the multiplicity-adjusted level, e.g. ``alpha / m`` for the first
+    step of Holm over ``m`` comparisons). It equals ``ceil`` of
+    ``statsmodels.stats.power.TTestPower().solve_power`` wherever that is
+    finite; unlike it, it stays right for large effects.
 
     Parameters
     ----------
@@ -731,7 +774,7 @@ def seeds_for_power(mean_diff: float, sd_diff: float | None, *, alpha: float,
     n_seeds : int or None
         The smallest whole number of seeds (at least 2) reaching ``power``;
         None when there is no effect or no spread to compute ``d_z`` from, or
-        the solver fails.
+        when more than :data:`MAX_SEEDS_FOR_POWER` seeds would be needed.
 
     Notes
     -----
@@ -744,18 +787,24 @@ def seeds_for_power(mean_diff: float, sd_diff: float | None, *, alpha: float,
     --------
     >>> seeds_for_power(0.01, 0.01, alpha=0.05)
     10
+    >>> seeds_for_power(0.10, 0.01, alpha=0.05)
+    3
     """
     if sd_diff is None or not sd_diff > 0 or not math.isfinite(mean_diff) or mean_diff == 0:
         return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the root finder warns on its way to the answer
-            n = TTestPower().solve_power(effect_size=abs(mean_diff) / sd_diff, alpha=alpha,
-                                         power=power, alternative="two-sided")
-    except (ValueError, RuntimeError):
+    d_z = abs(mean_diff) / sd_diff
+    reaches = lambda n: paired_t_power(d_z, n, alpha=alpha) >= power  # noqa: E731
+    if not reaches(MAX_SEEDS_FOR_POWER):
         return None
-    n = float(np.squeeze(n))
-    return max(2, int(math.ceil(n))) if math.isfinite(n) else None
+    # Power grows with n, so bisect for the first n that reaches the target.
+    low, high = 1, MAX_SEEDS_FOR_POWER  # reaches(high) holds; low is below the search range
+    while high - low > 1:
+        mid = (low + high) // 2
+        if reaches(mid):
+            high = mid
+        else:
+            low = mid
+    return high
 
 
 # --------------------------------------------------------------------------- Friedman
