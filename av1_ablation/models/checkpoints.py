@@ -8,7 +8,8 @@ Accepted layouts (all written with ``torch.save``):
 - a bare state dict.
 
 The state dict's ``backbone.*`` keys must match :class:`Backbone` exactly
-(strict loading); the width is read from ``backbone.conv1.weight``. Files are
+(strict loading); the width is the one the checkpoint records (this project's,
+since it stores it) or the one that reproduces every layer's channel count. Files are
 read with ``torch.load(weights_only=True)``; numpy arrays and scalars, which
 the original stored in ``val_metrics``, are allowed, arbitrary objects are not.
 """
@@ -22,10 +23,11 @@ import numpy as np
 import torch
 
 from av1_ablation.errors import UserError
-from av1_ablation.models.backbone import BASE_CHANNELS, Backbone
+from av1_ablation.models.backbone import BASE_CHANNELS, STAGES, Backbone, scaled_channels
 from av1_ablation.models.stages import Stage1Model
 
 _STATE_KEYS = ("model_state_dict", "model_state")
+WIDTH_KEY = "width"  # of this project's Stage-1 checkpoints, and of the config they hold
 
 
 def _numpy_safe_globals() -> list:
@@ -46,6 +48,11 @@ def read_state_dict(source) -> dict[str, torch.Tensor]:
 
     Raises :class:`UserError` when the file is missing, unreadable, or holds no state dict.
     """
+    return _state_dict_of(_load_checkpoint(source))
+
+
+def _load_checkpoint(source) -> Mapping:
+    """The mapping a checkpoint file holds (``source`` itself when it is already loaded)."""
     if isinstance(source, (str, os.PathLike)):
         if not os.path.isfile(source):
             raise UserError(f"checkpoint {os.fspath(source)!r} does not exist; pass the path of a "
@@ -61,6 +68,10 @@ def read_state_dict(source) -> dict[str, torch.Tensor]:
         obj = source
     if not isinstance(obj, Mapping):
         raise UserError(f"checkpoint holds a {type(obj).__name__}, not a dict with a model state dict")
+    return obj
+
+
+def _state_dict_of(obj: Mapping) -> dict[str, torch.Tensor]:
     for key in _STATE_KEYS:
         if key in obj:
             obj = obj[key]
@@ -81,13 +92,64 @@ def _unreadable_message(path: str, exc: Exception) -> str:
             "training or by the original pipeline")
 
 
-def infer_width(state: Mapping[str, torch.Tensor]) -> float:
-    """The backbone width multiplier of a state dict, from ``backbone.conv1.weight``."""
+def _stored_width(obj: Mapping) -> float | None:
+    """The width this project's checkpoints record (``width``, or the config's), else None."""
+    config = obj.get("config")
+    for width in (obj.get(WIDTH_KEY), config.get(WIDTH_KEY) if isinstance(config, Mapping) else None):
+        if isinstance(width, (int, float)) and not isinstance(width, bool):
+            return float(width)
+    return None
+
+
+def _channel_counts(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
+    """Module name -> (index into :data:`BASE_CHANNELS`, output channels) of the stem and
+    of the layers that ``state`` holds."""
     weight = state.get("backbone.conv1.weight")
     if weight is None or weight.dim() != 4 or weight.shape[1] != 1:
         raise UserError("checkpoint has no 1-channel 'backbone.conv1.weight'; it is not a Stage-1 "
                         "checkpoint of this model family")
-    return weight.shape[0] / BASE_CHANNELS[0]
+    counts = {"stem": (0, weight.shape[0])}
+    for i, stage in enumerate(STAGES):
+        conv = state.get(f"backbone.{stage}.0.conv1.weight")
+        if conv is not None and conv.dim() == 4:  # a missing layer is reported by the strict load
+            counts[stage] = (i, conv.shape[0])
+    return counts
+
+
+def _reproduces(width: float, counts: Mapping[str, tuple[int, int]]) -> bool:
+    try:
+        channels = scaled_channels(width)
+    except ValueError:
+        return False
+    return all(channels[i] == c for i, c in counts.values())
+
+
+def infer_width(state: Mapping[str, torch.Tensor], stored: float | None = None) -> float:
+    """The backbone width multiplier of a state dict: ``stored`` (what the checkpoint
+    records) when given, else a width that reproduces every layer's channel count.
+
+    The stem's count alone is not enough: channels are rounded per layer, so width 0.2
+    has 13 stem channels, and 13 / 64 = 0.203125 would give layer3 and layer4 52 and 104
+    channels instead of 51 and 102. Raises :class:`UserError` when no width (or not
+    ``stored``) reproduces the counts.
+    """
+    counts = _channel_counts(state)
+    if stored is not None:
+        candidates = [stored]
+    else:
+        # each layer's count over its base count; the stem's first, as older releases read it
+        candidates = [c / BASE_CHANNELS[i] for i, c in counts.values()]
+        # a count of 1 also stands for every narrower width (scaled_channels keeps one channel)
+        low = max((c - 0.5) / BASE_CHANNELS[i] if c > 1 else 0.0 for i, c in counts.values())
+        high = min((c + 0.5) / BASE_CHANNELS[i] for i, c in counts.values())
+        candidates.append((low + high) / 2)  # off the rounding boundaries of every layer
+    for width in candidates:
+        if _reproduces(width, counts):
+            return width
+    names = ", ".join(f"{name} {c}" for name, (_, c) in counts.items())
+    what = f"the recorded width {stored}" if stored is not None else "any width multiplier"
+    raise UserError(f"checkpoint channel counts ({names}) do not match {what} of this model family; "
+                    "use a Stage-1 checkpoint written by this project or by the original pipeline")
 
 
 def _load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str,
@@ -104,8 +166,9 @@ def _load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], wha
 
 def load_stage1_backbone(source) -> Backbone:
     """A :class:`Backbone` with the ``backbone.*`` weights of a Stage-1 checkpoint (strict keys)."""
-    state = read_state_dict(source)
-    backbone = Backbone(infer_width(state))
+    obj = _load_checkpoint(source)
+    state = _state_dict_of(obj)
+    backbone = Backbone(infer_width(state, _stored_width(obj)))
     prefix = "backbone."
     _load_strict(backbone, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
                  "backbone")
@@ -125,7 +188,8 @@ def load_stage1_model(source) -> Stage1Model:
     ``head.temperature`` may be absent (the v7 head has none); it then keeps 1.5.
     The head's QP input is read from its keys.
     """
-    state = read_state_dict(source)
-    model = Stage1Model(infer_width(state), qp_input=infer_qp_input(state))
+    obj = _load_checkpoint(source)
+    state = _state_dict_of(obj)
+    model = Stage1Model(infer_width(state, _stored_width(obj)), qp_input=infer_qp_input(state))
     _load_strict(model, state, "Stage-1 model", optional=("head.temperature",))
     return model

@@ -10,8 +10,9 @@ What a Stage-2 training run carries (``av1.kind = stage2``): the params
 ``loss_type`` and ``seed`` and its resolved configuration as ``cfg.<field>``;
 per epoch (step = epoch) ``train_loss``, ``val_loss``, the ``val_*``
 classification metrics, ``lr_<group>``, ``epoch_seconds``,
-``train_blocks_per_s``; for the checkpoint selected on ``val_macro_f1``,
-``best_epoch``, ``epochs_run``, ``stopped_early``, ``best_val_*``, ``test_*``
+``train_blocks_per_s``; over the epochs run, ``mean_train_blocks_per_s``; for the
+checkpoint selected on ``val_macro_f1``, ``best_epoch``, ``epochs_run``, ``stopped_early``,
+``best_val_*``, ``test_*``
 (with per-QP ``test_q<qindex>_*``); the artifacts ``checkpoint/model.pt``,
 ``predictions/{val,test}.csv`` (columns :data:`PREDICTION_COLUMNS` then
 :data:`CONTEXT_COLUMNS`), ``figures/*.png`` and ``metrics.json``. Children of
@@ -188,7 +189,8 @@ TEST_MACRO_F1 = TEST + MACRO_F1  # the comparison's primary metric
 TEST_F1_AB = TEST + per_class(F1, "ab")  # the hard class: the seed protocol's success needs it
 BEST_VAL_MACRO_F1 = BEST_VAL + MACRO_F1  # the comparison picks its winner on this
 EPOCH_SECONDS = "epoch_seconds"
-THROUGHPUT = "train_blocks_per_s"
+THROUGHPUT = "train_blocks_per_s"  # per epoch (step = epoch)
+MEAN_THROUGHPUT = "mean_" + THROUGHPUT  # over the epochs run: a name of its own, not step 0 of the series
 BEST_EPOCH = "best_epoch"
 EPOCHS_RUN = "epochs_run"
 STOPPED_EARLY = "stopped_early"

@@ -100,7 +100,8 @@ def run_ablation(base: Stage2Config, losses: list[str], seeds: list[int], *, job
     ``threads``: CPU threads of each child trained in a process of its own (default: the
     cores divided by ``jobs``). ``executor="ray"`` submits the children to the Ray cluster
     at ``ray_address`` (:mod:`~av1_ablation.training.ray_executor`)."""
-    data = dict(enumerate(load_split_data(base, to_stage2, every_fold=True)))
+    with fails_pending_run():  # a refused data set or split ends the run `mlflow run` created
+        data = dict(enumerate(load_split_data(base, to_stage2, every_fold=True)))
     with tracked_run(kind=KIND_ABLATION, run_name=ABLATION_RUN_NAME,
                      tags=cross_validation_tags(list(data.values()))) as parent:
         log_new_params({LOSSES_PARAM: ",".join(losses), SEEDS_PARAM: ",".join(map(str, seeds)),
@@ -167,7 +168,12 @@ def _train_in_process(cfg: Stage2Config, run_id: str, data) -> str | None:
     name = child_name(cfg)
     try:
         train_stage2(cfg, run_id=run_id, stage1_run_id=cfg.stage1, data=data)
-    except Exception as exc:  # the child is already marked FAILED with the reason
+    except Exception as exc:
+        # a child that failed before its run started (an error other than a UserError while
+        # resolving its input) left that run RUNNING: it ends FAILED with the reason, as the
+        # parallel children do; a child whose run ended keeps its own status and reason
+        with contextlib.suppress(Exception):  # keep going with the other children
+            end_failed_child(run_id, end_reason(exc))
         print(f"child {name} failed: {exc}", file=sys.stderr)
         return name
     return None

@@ -217,6 +217,9 @@ def _parse(name: str, raw, type_name: str):
 
 def _validate_common(cfg) -> None:
     _check_positive(cfg, "epochs", "batch_size", "eval_batch_size", "width")
+    if cfg.batch_size < 2:  # layer3, layer4 and the adapter see 1x1 maps of a 16x16 block
+        raise UserError(f"batch_size={cfg.batch_size} must be >= 2: BatchNorm cannot normalise a "
+                        "training batch of one block; use --batch-size 2 or more")
     if cfg.weight_decay < 0:
         raise UserError(f"weight_decay={cfg.weight_decay} must be >= 0")
     if cfg.sampler not in SAMPLERS:

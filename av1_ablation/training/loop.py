@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from av1_ablation.errors import UserError
 from av1_ablation.record.artifacts import log_figure, log_json, log_torch
 from av1_ablation.record.contract import (BEST_EPOCH, EPOCHS_RUN, EPOCH_SECONDS, LEARNING_CURVES_FIGURE,
                                           METRICS_FILE, MODEL_CHECKPOINT, THROUGHPUT, TRAIN_LOSS,
@@ -119,7 +120,8 @@ def train_one_epoch(opt: Optimisation, stage: Stage, cfg, epoch: int) -> dict:
     check_every = 1 if order.device.type == "cpu" else 25  # .item() stalls a GPU stream
     loss_sum = torch.zeros((), device=order.device)
     start = time.perf_counter()
-    steps = range(0, len(order), cfg.batch_size)
+    n = trained_blocks(len(order), cfg.batch_size)
+    steps = range(0, n, cfg.batch_size)
     # disable=None: a bar on a terminal only; logs get the line per epoch of fit()
     for step, i in enumerate(tqdm(steps, desc=f"epoch {epoch}", leave=False, unit="batch",
                                   disable=None)):
@@ -130,12 +132,32 @@ def train_one_epoch(opt: Optimisation, stage: Stage, cfg, epoch: int) -> dict:
         loss.backward()
         opt.optimizer.step()
         loss_sum += loss.detach() * len(idx)
-        if step % check_every == 0 or i + cfg.batch_size >= len(order):
+        if step % check_every == 0 or i + cfg.batch_size >= n:
             if not torch.isfinite(loss_sum):
                 raise NonFiniteLoss(epoch, step, float(loss.detach()))
     seconds = time.perf_counter() - start
-    return {TRAIN_LOSS: float(loss_sum) / len(order), EPOCH_SECONDS: seconds,
-            THROUGHPUT: len(order) / seconds}
+    return {TRAIN_LOSS: float(loss_sum) / n, EPOCH_SECONDS: seconds, THROUGHPUT: n / seconds}
+
+
+def trained_blocks(n_blocks: int, batch_size: int) -> int:
+    """How many of an epoch's ``n_blocks`` sampled blocks are trained on in batches of
+    ``batch_size``: all of them, unless the last batch would hold exactly one.
+
+    In train mode BatchNorm normalises each channel over the batch and the spatial
+    positions, and layer3, layer4 and the adapter see 1x1 maps of 16x16 blocks: a batch
+    of one block gives one value per channel, which BatchNorm refuses ("Expected more
+    than 1 value per channel"), and whose variance would be meaningless anyway. Dropping
+    that one block (the next epoch's order draws it again with the others) leaves every
+    other batch, and so every run whose last batch holds two or more blocks, unchanged.
+
+    Raises :class:`UserError` when no batch of two or more blocks remains.
+    """
+    n = n_blocks - 1 if n_blocks % batch_size == 1 else n_blocks
+    if n < 2 or batch_size < 2:
+        raise UserError(f"training needs batches of two or more blocks (BatchNorm), but there are "
+                        f"{n_blocks} training blocks in batches of {batch_size}; use batch_size >= 2 "
+                        "and a data set with two or more training blocks for this stage")
+    return n
 
 
 @torch.no_grad()
@@ -156,6 +178,11 @@ def fit(opt: Optimisation, stage: Stage, cfg, *, history: History | None = None)
     disables early stopping. Prints one line per epoch.
     """
     history = history or History()
+    if cfg.patience and history.epoch and history.epochs_without_gain >= cfg.patience:
+        # the resume point of an epoch is kept before its patience check, so a run that was
+        # interrupted after stopping early resumes here: it must stop again, not train on
+        history.stopped_early = history.epoch < cfg.epochs
+        return history
     for epoch in range(history.epoch + 1, cfg.epochs + 1):
         opt.model.train()
         metrics = train_one_epoch(opt, stage, cfg, epoch)

@@ -25,7 +25,9 @@ from av1_ablation.dataset.partitions import to_stage1
 from av1_ablation.errors import Terminated, UserError
 from av1_ablation.losses import BinaryFocalLoss
 from av1_ablation.models import Backbone, Stage1Model, count_parameters, load_stage1_backbone, scaled_channels
-from av1_ablation.record.contract import (BEST_VAL, DECISION_THRESHOLD, F1, KIND_STAGE1, KIND_TAG,
+from av1_ablation.models.checkpoints import WIDTH_KEY
+from av1_ablation.record.contract import (BEST_VAL, DATASET_FINGERPRINT_TAG, DATASET_PATH_TAG,
+                                          DECISION_THRESHOLD, F1, KIND_STAGE1, KIND_TAG,
                                           MODEL_CHECKPOINT, ROC_AUC, SPLIT_FINGERPRINT_TAG, STAGE1_RUN_NAME,
                                           STAGE1_SCORE, TEST, TRAINED_FOR_AUTO, TRAINED_FOR_TAG, VAL, VAL_LOSS,
                                           cfg_param, parameter_count_metric)
@@ -133,7 +135,8 @@ class Stage1Task:
                 f"(val F1 {final[BEST_VAL + F1]:.4f}){test}")
 
     def checkpoint(self, history: History) -> dict:
-        return {"kind": KIND_STAGE1, "model_state_dict": history.best_state}
+        # the width, since rounded channel counts do not always give it back (0.2 and 0.3)
+        return {"kind": KIND_STAGE1, "model_state_dict": history.best_state, WIDTH_KEY: self.cfg.width}
 
 
 @dataclass(frozen=True)
@@ -160,10 +163,10 @@ def resolve_stage1(spec: str, *, data: SplitData, width: float, device: str,
     if spec == "auto":
         run_id = (find_stage1_run(data, width, preset, qp_input)
                   or train_stage1_for(data, width, device, preset, qp_input))
-        return _from_run(run_id)
+        return _from_run(run_id, data)
     fold = data.split.params.get("fold") if data.split.params.get("folds", 1) > 1 else None
     if RUN_ID.match(spec) and not Path(spec).exists():
-        return _from_run(spec, fold_split=None if fold is None else data.split.fingerprint)
+        return _from_run(spec, data)
     path = Path(spec).expanduser()
     if not path.is_file():
         raise UserError(f"stage1={spec!r} is neither 'auto', an MLflow run id, nor an existing "
@@ -244,9 +247,8 @@ def _stage1_preset(preset: str, width: float) -> str:
     return "paper" if float(width) == 1.0 else "cpu"
 
 
-def _from_run(run_id: str, fold_split: str | None = None) -> Stage1Ref:
-    """The checkpoint of a FINISHED Stage-1 run; ``fold_split``: the split fingerprint of the
-    cross-validation fold it must have been trained on."""
+def _from_run(run_id: str, data: SplitData) -> Stage1Ref:
+    """The checkpoint of a FINISHED Stage-1 run trained on ``data``'s data set and split."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -257,11 +259,28 @@ def _from_run(run_id: str, fold_split: str | None = None) -> Stage1Ref:
     if kind != KIND_STAGE1 or run.info.status != "FINISHED":
         raise UserError(f"stage1={run_id} is not a FINISHED Stage-1 run (kind "
                         f"{kind}, status {run.info.status})")
-    if fold_split is not None and run.data.tags.get(SPLIT_FINGERPRINT_TAG) != fold_split:
-        raise UserError(f"stage1={run_id} was trained on another split than this cross-validation fold, so its "
-                        "training pictures may include pictures the fold tests; use stage1=auto")
+    _check_same_data(run, data)
     path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_CHECKPOINT)
     return Stage1Ref(run_id, f"run {run_id}", Path(path))
+
+
+def _check_same_data(run, data: SplitData) -> None:
+    """Refuse a Stage-1 run trained on another data set or split: its training pictures may
+    be pictures this run validates or tests on, which would leak them into the backbone."""
+    run_id, tags, wanted = run.info.run_id, run.data.tags, data.fingerprints()
+    if tags.get(DATASET_FINGERPRINT_TAG) != wanted[DATASET_FINGERPRINT_TAG]:
+        raise UserError(f"stage1={run_id} was trained on another data set ({tags.get(DATASET_PATH_TAG)}) "
+                        f"than this run's ({data.store.path}), so its training pictures may include "
+                        "pictures this run tests; use stage1=auto, or train Stage 1 on this data set")
+    if tags.get(SPLIT_FINGERPRINT_TAG) == wanted[SPLIT_FINGERPRINT_TAG]:
+        return
+    where = ("this cross-validation fold" if data.split.params.get("folds", 1) > 1 else "this run")
+    theirs = ", ".join(f"--{name.replace('_', '-')} {run.data.params[cfg_param(name)]}"
+                       for name in ("split_mode", "split_seed", "folds", "fold")
+                       if cfg_param(name) in run.data.params)
+    raise UserError(f"stage1={run_id} was trained on another split than {where}, so its training "
+                    "pictures may include pictures this run tests; use stage1=auto to train Stage 1 on "
+                    f"this split, or run on the Stage-1 run's split ({theirs or 'its split options'})")
 
 
 __all__ = ["Stage1Ref", "resolve_stage1", "train_stage1", "find_stage1_run"]

@@ -27,9 +27,9 @@ from av1_ablation.models import Stage2Model, count_parameters
 from av1_ablation.record.artifacts import log_figure, log_predictions, log_torch
 from av1_ablation.record.contract import (BEST_VAL, CLASS_KEYS, ECE, F1, FAILURE_EPOCH_TAG, FAILURE_STEP_TAG,
                                           KIND_STAGE2, KIND_TAG, LOSS, LOSS_TYPE_PARAM, LOSS_TYPE_TAG,
-                                          MACRO_F1, PER_QP_FIGURE, PREFIX_CACHE_SECONDS, RESUME_CHECKPOINT,
-                                          SEED_PARAM, STAGE1_RUN_TAG, STAGE1_SOURCE_TAG, STAGE2_SCORE,
-                                          STOPPED_EARLY, TEST, THROUGHPUT, VAL, VAL_LOSS, arm_run_name,
+                                          MACRO_F1, MEAN_THROUGHPUT, PER_QP_FIGURE, PREFIX_CACHE_SECONDS,
+                                          RESUME_CHECKPOINT, SEED_PARAM, STAGE1_RUN_TAG, STAGE1_SOURCE_TAG,
+                                          STAGE2_SCORE, STOPPED_EARLY, TEST, THROUGHPUT, VAL, VAL_LOSS, arm_run_name,
                                           confusion_figure_file, parameter_count_metric, per_class)
 from av1_ablation.record.figures import confusion_figure, per_qp_figure
 from av1_ablation.record.metrics import classification_metrics, per_qp_metrics, split_metrics
@@ -189,8 +189,10 @@ class Stage2Task:
     def evaluate_selected(self, history: History) -> dict[str, float]:
         """Validation figures of the selected checkpoint go under ``best_val_*`` (``val_*``
         is the per-epoch history); test figures exist only for it."""
+        # the mean has a name of its own: logged as THROUGHPUT without a step it would be
+        # step 0 of the per-epoch series, and the run's value would stay the last epoch's
         final = {STOPPED_EARLY: int(history.stopped_early),
-                 THROUGHPUT: float(np.mean([m[THROUGHPUT] for m in history.metrics]))}
+                 MEAN_THROUGHPUT: float(np.mean([m[THROUGHPUT] for m in history.metrics]))}
         for name, prefix in (("val", BEST_VAL), ("test", TEST)):
             if len(self.data.index[name]) == 0:
                 continue
