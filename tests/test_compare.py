@@ -16,7 +16,7 @@ from av1_ablation.comparison import command as compare
 from av1_ablation.errors import UserError
 from av1_ablation.record.contract import CHILDREN_TAG
 from av1_ablation.record.metrics import calibration_metrics, classification_metrics
-from av1_ablation.comparison.report import render_markdown, render_text, summarise
+from av1_ablation.comparison.report import render_markdown, render_text, summarise, tables
 from av1_ablation.comparison.runs import RunRecord, load_runs
 
 N_BLOCKS = 240
@@ -54,7 +54,8 @@ def log_stage2_run(client, exp_id, tmp_path, loss_type, seed, *, parent=None, cf
     metrics = classification_metrics(frame.y_true, frame.y_pred, prefix="test_")
     metrics.update(calibration_metrics(frame.y_true, frame[["p_split", "p_rect", "p_ab"]], prefix="test_"))
     metrics.update(best_val_macro_f1=metrics["test_macro_f1"] + 0.01, best_epoch=2, epochs_run=3,
-                   trainable_params=1234, total_params=5678, train_seconds=1.5, train_blocks_per_s=900.0)
+                   trainable_params=1234, total_params=5678, train_seconds=1.5, train_blocks_per_s=900.0,
+                   mean_train_blocks_per_s=950.0)
     logged = [Metric(k, v, 0, 0) for k, v in metrics.items()]
     logged += [Metric("val_macro_f1", metrics["test_macro_f1"] - 0.05 * (2 - e), 0, e) for e in range(3)]
     client.log_batch(rid, metrics=logged, params=[Param(k, v) for k, v in params.items()])
@@ -476,3 +477,25 @@ def test_filter_applies_to_children_reused_from_an_earlier_parent(tracking_store
     selection, [c] = compare.compare(parse("--parent", second, "--filter", "params.`cfg.epochs` = '3'"))
     assert sorted(r.run_id for r in selection.records) == sorted([*old, *new])
     assert c.tests["poly"].shared_seeds == [1, 2, 3, 4, 5]
+
+
+def test_throughput_column_is_the_mean_over_epochs_or_the_last_epoch_of_older_runs():
+    runs = oracle_records()
+    for r in runs:
+        r.metrics.update(train_blocks_per_s=100.0, **({} if r.loss_type == "asymmetric"
+                                                       else {"mean_train_blocks_per_s": 250.0}))
+    t3 = tables(summarise(runs, n_resamples=50))["Table 3: training details"].set_index("loss")
+    assert t3.loc["poly", "blocks/s"].startswith("250") and t3.loc["asymmetric", "blocks/s"].startswith("100")
+
+
+def test_an_unpaired_primary_test_takes_its_direction_from_every_seed():
+    # Ahead on the three shared seeds, far behind over all eight of the reference's: Welch's
+    # significant difference is a loss, not a surviving lead.
+    runs = [record("baseline", s, BASE[s]) for s in BASE]
+    runs += [record("baseline", s, 0.46 + 0.001 * s) for s in (4, 5, 6, 7, 8)]
+    runs += [record("poly", s, BASE[s] + 0.003, BASE[s] + 0.05) for s in BASE]
+    c = summarise(runs, n_resamples=50, primary_test="welch")
+    assert c.tests["poly"].paired.mean_diff > 0 > c.tests["poly"].seeds.mean_diff
+    assert c.tests["poly"].holm_p["welch"] < c.alpha
+    assert "over every seed of each (3 of poly, 8 of baseline) the means differ by -3.8" in c.verdict
+    assert "significantly worse than baseline" in c.verdict and "it survives" not in c.verdict

@@ -20,6 +20,7 @@ from av1_ablation.comparison.statistics import (
     mcnemar_test,
     paired_bootstrap,
     paired_seed_tests,
+    paired_t_power,
     probability_of_superiority,
     MAX_SEEDS_FOR_POWER,
     seeds_for_power,
@@ -368,6 +369,16 @@ def test_seeds_for_power_is_exact_for_large_effects_too(d_z, alpha):
         solved = float(np.squeeze(TTestPower().solve_power(effect_size=d_z, alpha=alpha, power=0.8)))
     if math.isfinite(solved) and d_z < 6:  # where statsmodels was right, the answer is unchanged
         assert n == max(2, math.ceil(solved))
+
+
+@pytest.mark.parametrize("n", [2, 40, 79, 80, 10_000])
+def test_power_of_an_enormous_effect_is_one_without_warnings(n):
+    # d_z = 7071: scipy's nct.sf is NaN at n = 79 (its series does not converge), which made
+    # the bisection answer 80 seeds instead of 2.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert paired_t_power(7071.0, n, alpha=0.05 / 3) == pytest.approx(1.0)
+        assert seeds_for_power(70.71, 0.01, alpha=0.05 / 3) == 2
 
 
 def test_seeds_for_power_gives_up_beyond_the_cap():

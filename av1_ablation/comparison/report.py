@@ -34,7 +34,7 @@ from av1_ablation.comparison.statistics import (MAX_SEEDS_FOR_POWER, BootstrapRe
 from av1_ablation.dataset.partitions import STAGE2_NAMES
 from av1_ablation.errors import UserError
 from av1_ablation.record.contract import (ACCURACY, BEST_EPOCH, BEST_VAL_MACRO_F1, BRIER, CLASS_KEYS, CLUSTER,
-                                          ECE, EPOCHS_RUN, F1, MACRO_PRECISION, MACRO_RECALL, NLL,
+                                          ECE, EPOCHS_RUN, F1, MACRO_PRECISION, MACRO_RECALL, MEAN_THROUGHPUT, NLL,
                                           PROBA_COLUMNS, TEST, TEST_F1_AB, TEST_MACRO_F1, THROUGHPUT,
                                           TRAINABLE_PARAMS, TRAIN_SECONDS, Y_PRED, Y_TRUE, per_class)
 from av1_ablation.record.metrics import calibration_metrics, classification_metrics
@@ -42,6 +42,7 @@ from av1_ablation.record.metrics import calibration_metrics, classification_metr
 PRIMARY_METRIC = TEST_MACRO_F1
 SELECTION_METRIC = BEST_VAL_MACRO_F1
 PRIMARY_TESTS = ("paired_t", "sign_flip", "wilcoxon", "welch", "mannwhitney")
+UNPAIRED_TESTS = ("welch", "mannwhitney")  # across every seed of each arm, not the shared ones
 RESAMPLE_UNITS = ("clusters", "blocks")
 # The seed protocol's thresholds, in percentage points of macro-F1 over the reference.
 SUCCESS_PP, PARTIAL_PP, FAILURE_PP, AB_F1_SUCCESS = 2.0, 1.0, 0.5, 0.20
@@ -52,7 +53,7 @@ EQUIVALENCE_PP = FAILURE_PP
 VERDICT_MIN_SEEDS = 3
 TIE_PP = 0.01  # validation means closer than this (the printed precision) are a tie
 POWER = 0.8
-TRAINING_METRICS = (BEST_EPOCH, EPOCHS_RUN, TRAINABLE_PARAMS, TRAIN_SECONDS, THROUGHPUT)
+TRAINING_METRICS = (BEST_EPOCH, EPOCHS_RUN, TRAINABLE_PARAMS, TRAIN_SECONDS, MEAN_THROUGHPUT)
 CALIBRATION_METRICS = (TEST + ECE, TEST + NLL, TEST + BRIER)
 
 
@@ -143,6 +144,8 @@ def _per_seed_frame(records: list[RunRecord]) -> pd.DataFrame:
             derived.update(calibration_metrics(pred[Y_TRUE], pred[list(PROBA_COLUMNS)], prefix=TEST))
         for key in (*derived, SELECTION_METRIC, *TRAINING_METRICS):
             row[key] = r.metrics.get(key, derived.get(key, np.nan))
+        if MEAN_THROUGHPUT not in r.metrics:  # a run logged before the mean had a name: its last epoch
+            row[MEAN_THROUGHPUT] = r.metrics.get(THROUGHPUT, np.nan)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -358,7 +361,7 @@ def _pp(value: float | None, digits: int = 2) -> str:
 
 
 def _primary_p(t: ArmTests, test: str) -> tuple[float | None, str]:
-    if test in ("welch", "mannwhitney"):
+    if test in UNPAIRED_TESTS:
         return getattr(t.seeds, f"{test}_p"), t.seeds.note
     return {"paired_t": t.paired.t_p, "sign_flip": t.paired.sign_flip_p,
             "wilcoxon": t.paired.wilcoxon_p}[test], t.paired.note
@@ -427,11 +430,15 @@ def _lead_sentence(c: Comparison) -> str:
     if raw is None or q is None:
         return f"{lead}; the {_TEST_NAMES[c.primary_test]} cannot judge it: {note or 'no p-value'}."
     ci = f" (95% CI [{_pp(p.ci_low)}, {_pp(p.ci_high)}] pp)" if p.ci_low is not None else ""
+    if c.primary_test in UNPAIRED_TESTS:
+        ci += (f"; over every seed of each ({t.seeds.n_a} of {w}, {t.seeds.n_b} of {ref}) the "
+               f"means differ by {_pp(t.seeds.mean_diff)} pp")
     test = (f"({_TEST_NAMES[c.primary_test]}, Holm over {c.holm_family} comparison(s) with {ref}: "
             f"adjusted p = {q:.3g}{_holm_dependence(c, raw, q)})")
     # The two-sided test is also significant when the arm chosen on validation is worse on
-    # test, and that must not read as a lead that survives.
-    ahead = p.mean_diff > 0
+    # test, and that must not read as a lead that survives. The direction is the tested one.
+    tested_diff = t.seeds.mean_diff if c.primary_test in UNPAIRED_TESTS else p.mean_diff
+    ahead = tested_diff > 0
     if q < c.alpha and not ahead:
         s = (f"{lead}{ci}; {w}, the arm chosen on validation, is significantly worse than {ref} on "
              f"test: the difference survives Holm's correction at alpha = {c.alpha:g} {test}.")
@@ -440,7 +447,7 @@ def _lead_sentence(c: Comparison) -> str:
         s = f"{lead}{ci}; it {word} Holm's correction at alpha = {c.alpha:g} {test}."
     if c.primary_test in ("sign_flip", "wilcoxon"):
         s += f" With {p.n} seeds this test cannot go below p = {p.sign_flip_min_p:.3g}."
-    if q < c.alpha and ahead and 100 * p.mean_diff < FAILURE_PP:
+    if q < c.alpha and ahead and 100 * tested_diff < FAILURE_PP:
         s += f" The lead is under the protocol's {FAILURE_PP} pp threshold: not a practical win."
     elif q >= c.alpha and p.tost_p is not None:
         if p.tost_p < c.alpha:
@@ -598,7 +605,7 @@ def tables(c: Comparison) -> dict[str, pd.DataFrame]:
         t2.append({"loss": a, **{name: _pm(d[TEST + per_class(F1, k)]) for name, k in zip(STAGE2_NAMES, CLASS_KEYS)}})
         t3.append({"loss": a, "best epoch": _pm(d[BEST_EPOCH], 1, 1), "epochs run": _pm(d[EPOCHS_RUN], 1, 1),
                    "trainable params": _pm(d[TRAINABLE_PARAMS], 1, 0),
-                   "wall time (s)": _pm(d[TRAIN_SECONDS], 1, 1), "blocks/s": _pm(d[THROUGHPUT], 1, 0)})
+                   "wall time (s)": _pm(d[TRAIN_SECONDS], 1, 1), "blocks/s": _pm(d[MEAN_THROUGHPUT], 1, 0)})
         t4.append({"loss": a, "ECE (%)": _pm(d[TEST + ECE]), "NLL": _pm(d[TEST + NLL], 1, 4),
                    "Brier": _pm(d[TEST + BRIER], 1, 4)})
         if a not in c.tests:
