@@ -66,7 +66,8 @@ def test_train_run_records_contract(tiny_dataset_two_qps, tracking_store):
     for key in ("train_loss", "val_loss", "val_accuracy", "val_f1_split", "val_recall_ab",
                 "best_val_f1_ab", "best_val_ece",
                 "test_macro_f1", "test_f1_rect", "test_ece", "test_nll", "test_brier",
-                "best_epoch", "epochs_run", "trainable_params", "train_blocks_per_s"):
+                "best_epoch", "epochs_run", "trainable_params", "train_blocks_per_s",
+                "mean_train_blocks_per_s"):
         assert key in run.data.metrics, key
     assert run.data.metrics["trainable_params"] < run.data.metrics["total_params"]
     for tag in ("av1.dataset_fingerprint", "av1.split_fingerprint", "av1.device", "av1.torch"):

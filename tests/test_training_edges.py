@@ -104,6 +104,8 @@ def test_widths_whose_stem_does_not_give_them_back_load(tmp_path, width):
     assert scaled_channels(load_stage1_backbone(tmp_path / "old.pt").width) == scaled_channels(width)
     torch.save({"model_state_dict": model.state_dict(), "width": width}, tmp_path / "new.pt")
     assert load_stage1_backbone(tmp_path / "new.pt").width == width
+    torch.save({"model_state_dict": model.state_dict(), "config": {"width": width}}, tmp_path / "cfg.pt")
+    assert load_stage1_backbone(tmp_path / "cfg.pt").width == width  # as fit() writes it
     assert load_stage1_model(tmp_path / "new.pt").backbone.width == width
 
 

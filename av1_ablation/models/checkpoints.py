@@ -27,7 +27,7 @@ from av1_ablation.models.backbone import BASE_CHANNELS, STAGES, Backbone, scaled
 from av1_ablation.models.stages import Stage1Model
 
 _STATE_KEYS = ("model_state_dict", "model_state")
-WIDTH_KEY = "width"  # of this project's Stage-1 checkpoints, and of the config they hold
+WIDTH_KEY = "width"  # in the config this project's checkpoints hold (or at their top level)
 
 
 def _numpy_safe_globals() -> list:
@@ -93,7 +93,7 @@ def _unreadable_message(path: str, exc: Exception) -> str:
 
 
 def _stored_width(obj: Mapping) -> float | None:
-    """The width this project's checkpoints record (``width``, or the config's), else None."""
+    """The width a checkpoint records (its config's, or a top-level ``width``), else None."""
     config = obj.get("config")
     for width in (obj.get(WIDTH_KEY), config.get(WIDTH_KEY) if isinstance(config, Mapping) else None):
         if isinstance(width, (int, float)) and not isinstance(width, bool):

@@ -156,7 +156,7 @@ def add_config_arguments(parser, cls, *, exclude: tuple[str, ...] = ()) -> None:
         if f.name in exclude:
             continue
         default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+        parser.add_argument(option_name(f.name), dest=f.name, default=None,
                             metavar=f.name.upper(),
                             help=f"default: the preset's value ({default} in 'paper')")
 
@@ -176,7 +176,12 @@ def to_params(cfg) -> dict[str, str]:
 def to_arguments(cfg) -> list[str]:
     """The command-line options that resolve to ``cfg`` again: ``--field-name value`` pairs."""
     return [part for f in fields(cfg)
-            for part in ("--" + f.name.replace("_", "-"), _format(getattr(cfg, f.name)))]
+            for part in (option_name(f.name), _format(getattr(cfg, f.name)))]
+
+
+def option_name(field: str) -> str:
+    """The command-line option of a configuration field: ``split_seed`` -> ``--split-seed``."""
+    return "--" + field.replace("_", "-")
 
 
 def from_dict(cls, values: dict):
@@ -254,6 +259,7 @@ __all__ = [
     "resolve",
     "to_params",
     "to_arguments",
+    "option_name",
     "from_dict",
     "default_preset",
 ]

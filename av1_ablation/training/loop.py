@@ -107,7 +107,8 @@ def set_determinism(seed: int) -> None:
 
 
 def train_one_epoch(opt: Optimisation, stage: Stage, cfg, epoch: int) -> dict:
-    """One pass of len(train) sampled blocks; returns train loss and throughput.
+    """One pass over len(train) sampled blocks (less the last one when it would be a batch
+    of its own, see :func:`trained_blocks`); returns train loss and throughput.
 
     The block order, the augmentation and the dropout draws depend only on (seed, epoch),
     so a resumed run draws what an uninterrupted one would have drawn.
@@ -153,10 +154,10 @@ def trained_blocks(n_blocks: int, batch_size: int) -> int:
     Raises :class:`UserError` when no batch of two or more blocks remains.
     """
     n = n_blocks - 1 if n_blocks % batch_size == 1 else n_blocks
-    if n < 2 or batch_size < 2:
+    if n < 2:  # batch_size >= 2 is the configuration's own check
         raise UserError(f"training needs batches of two or more blocks (BatchNorm), but there are "
-                        f"{n_blocks} training blocks in batches of {batch_size}; use batch_size >= 2 "
-                        "and a data set with two or more training blocks for this stage")
+                        f"{n_blocks} training block(s) for this stage; use a data set with more "
+                        "training pictures")
     return n
 
 
@@ -178,10 +179,9 @@ def fit(opt: Optimisation, stage: Stage, cfg, *, history: History | None = None)
     disables early stopping. Prints one line per epoch.
     """
     history = history or History()
-    if cfg.patience and history.epoch and history.epochs_without_gain >= cfg.patience:
-        # the resume point of an epoch is kept before its patience check, so a run that was
-        # interrupted after stopping early resumes here: it must stop again, not train on
-        history.stopped_early = history.epoch < cfg.epochs
+    # the resume point of an epoch is kept before its patience check, so a run that was
+    # interrupted after stopping early resumes here: it must stop again, not train on
+    if history.epoch and _patience_ran_out(history, cfg):
         return history
     for epoch in range(history.epoch + 1, cfg.epochs + 1):
         opt.model.train()
@@ -200,10 +200,18 @@ def fit(opt: Optimisation, stage: Stage, cfg, *, history: History | None = None)
         tqdm.write(f"epoch {epoch}/{cfg.epochs}: {TRAIN_LOSS} {metrics[TRAIN_LOSS]:.4f} "
                    f"{VAL_LOSS} {metrics[VAL_LOSS]:.4f} {stage.score_key} {score:.4f}"
                    f"{'  (best)' if history.best_epoch == epoch else ''}")
-        if cfg.patience and history.epochs_without_gain >= cfg.patience:
-            history.stopped_early = epoch < cfg.epochs
+        if _patience_ran_out(history, cfg):
             break
     return history
+
+
+def _patience_ran_out(history: History, cfg) -> bool:
+    """Whether early stopping ends the run here (and if so, marks ``history`` stopped early
+    unless its last epoch was the last one anyway)."""
+    if not cfg.patience or history.epochs_without_gain < cfg.patience:
+        return False
+    history.stopped_early = history.epoch < cfg.epochs
+    return True
 
 
 def log_selected_checkpoint(model: torch.nn.Module, history: History, cfg, stage: Stage) -> dict:

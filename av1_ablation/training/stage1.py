@@ -25,7 +25,6 @@ from av1_ablation.dataset.partitions import to_stage1
 from av1_ablation.errors import Terminated, UserError
 from av1_ablation.losses import BinaryFocalLoss
 from av1_ablation.models import Backbone, Stage1Model, count_parameters, load_stage1_backbone, scaled_channels
-from av1_ablation.models.checkpoints import WIDTH_KEY
 from av1_ablation.record.contract import (BEST_VAL, DATASET_FINGERPRINT_TAG, DATASET_PATH_TAG,
                                           DECISION_THRESHOLD, F1, KIND_STAGE1, KIND_TAG,
                                           MODEL_CHECKPOINT, ROC_AUC, SPLIT_FINGERPRINT_TAG, STAGE1_RUN_NAME,
@@ -33,7 +32,7 @@ from av1_ablation.record.contract import (BEST_VAL, DATASET_FINGERPRINT_TAG, DAT
                                           cfg_param, parameter_count_metric)
 from av1_ablation.record.metrics import binary_metrics, f1_threshold
 from av1_ablation.training import config as config_mod
-from av1_ablation.training.config import STAGE1_PRESETS, Stage1Config
+from av1_ablation.training.config import STAGE1_PRESETS, Stage1Config, option_name
 from av1_ablation.training.data import SplitData, load_split_data, log_dataset_input, resolve_device, select
 from av1_ablation.training.lifecycle import (end_reason, environment_tags, experiment_id, fail_pending_run,
                                              fails_pending_run, finished_runs, log_new_params, tracked_run)
@@ -135,8 +134,9 @@ class Stage1Task:
                 f"(val F1 {final[BEST_VAL + F1]:.4f}){test}")
 
     def checkpoint(self, history: History) -> dict:
-        # the width, since rounded channel counts do not always give it back (0.2 and 0.3)
-        return {"kind": KIND_STAGE1, "model_state_dict": history.best_state, WIDTH_KEY: self.cfg.width}
+        # fit() adds the config, whose width the loader reads: rounded channel counts do not
+        # always give it back (0.2 and 0.3)
+        return {"kind": KIND_STAGE1, "model_state_dict": history.best_state}
 
 
 @dataclass(frozen=True)
@@ -275,7 +275,7 @@ def _check_same_data(run, data: SplitData) -> None:
     if tags.get(SPLIT_FINGERPRINT_TAG) == wanted[SPLIT_FINGERPRINT_TAG]:
         return
     where = ("this cross-validation fold" if data.split.params.get("folds", 1) > 1 else "this run")
-    theirs = ", ".join(f"--{name.replace('_', '-')} {run.data.params[cfg_param(name)]}"
+    theirs = ", ".join(f"{option_name(name)} {run.data.params[cfg_param(name)]}"
                        for name in ("split_mode", "split_seed", "folds", "fold")
                        if cfg_param(name) in run.data.params)
     raise UserError(f"stage1={run_id} was trained on another split than {where}, so its training "
