@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import types
 
+import mlflow
 import numpy as np
 import pytest
 import torch
@@ -105,7 +106,7 @@ def test_widths_whose_stem_does_not_give_them_back_load(tmp_path, width):
     torch.save({"model_state_dict": model.state_dict(), "width": width}, tmp_path / "new.pt")
     assert load_stage1_backbone(tmp_path / "new.pt").width == width
     torch.save({"model_state_dict": model.state_dict(), "config": {"width": width}}, tmp_path / "cfg.pt")
-    assert load_stage1_backbone(tmp_path / "cfg.pt").width == width  # as fit() writes it
+    assert load_stage1_backbone(tmp_path / "cfg.pt").width == width  # as training writes it
     assert load_stage1_model(tmp_path / "new.pt").backbone.width == width
 
 
@@ -125,6 +126,10 @@ def test_a_stage1_run_of_width_0_2_backs_a_stage2_run(tiny_dataset_two_qps, trac
     common = ["--data", str(tiny_dataset_two_qps), *SMOKE, "--width", "0.2"]
     assert main(["stage1", *common]) == 0
     (stage1,) = client().search_runs([exp], "tags.`av1.kind` = 'stage1'")
+    written = torch.load(mlflow.artifacts.download_artifacts(run_id=stage1.info.run_id,
+                                                             artifact_path="checkpoint/model.pt"),
+                         weights_only=True)
+    assert written["config"]["width"] == 0.2  # what the loader reads: the channels do not give it back
     assert main(["train", *common, "--stage1", stage1.info.run_id, "--epochs", "2", "--patience", "5"]) == 0
     (run,) = client().search_runs([exp], "tags.`av1.kind` = 'stage2'")
     # the per-epoch series has one point per epoch; its mean has a name of its own
