@@ -499,3 +499,29 @@ def test_an_unpaired_primary_test_takes_its_direction_from_every_seed():
     assert c.tests["poly"].holm_p["welch"] < c.alpha
     assert "over every seed of each (3 of poly, 8 of baseline) the means differ by -3.8" in c.verdict
     assert "significantly worse than baseline" in c.verdict and "it survives" not in c.verdict
+
+
+def test_mann_whitney_judges_the_direction_of_its_ranks_not_of_the_means():
+    # Seven of poly's eight seeds beat every baseline seed; the eighth diverged far below. The
+    # means say poly is behind, the ranks (what Mann-Whitney tests) say it is ahead.
+    base = {s: 0.40 + 0.001 * s for s in range(1, 9)}
+    poly = {s: base[s] + 0.02 for s in range(1, 8)} | {8: 0.05}
+    runs = [record("baseline", s, base[s]) for s in base]
+    runs += [record("poly", s, poly[s], poly[s] + 0.5) for s in poly]
+    c = summarise(runs, n_resamples=50, primary_test="mannwhitney")
+    t = c.tests["poly"]
+    assert t.seeds.mean_diff < 0 and t.seeds.p_superiority == 56 / 64
+    assert t.holm_p["mannwhitney"] < c.alpha
+    assert "with probability 0.88" in c.verdict
+    assert "it survives" in c.verdict and "significantly worse" not in c.verdict
+
+
+def test_the_power_of_an_enormous_effect_is_one_without_the_noncentral_t(monkeypatch):
+    # scipy's noncentral t is slow (tens of seconds) and can fail to converge this far out.
+    from av1_ablation.comparison import statistics as st
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("nct.sf called for an effect the normal approximation settles")
+
+    monkeypatch.setattr(st.stats.nct, "sf", refuse)
+    assert st.paired_t_power(7071.0, 79, alpha=0.05) == 1.0

@@ -134,8 +134,8 @@ class Stage1Task:
                 f"(val F1 {final[BEST_VAL + F1]:.4f}){test}")
 
     def checkpoint(self, history: History) -> dict:
-        # fit() adds the config, whose width the loader reads: rounded channel counts do not
-        # always give it back (0.2 and 0.3)
+        # log_selected_checkpoint adds the config, whose width the loader reads: rounded
+        # channel counts do not always give it back (0.2 and 0.3)
         return {"kind": KIND_STAGE1, "model_state_dict": history.best_state}
 
 
