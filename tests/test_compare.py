@@ -498,6 +498,10 @@ def test_an_unpaired_primary_test_takes_its_direction_from_every_seed():
     assert c.tests["poly"].paired.mean_diff > 0 > c.tests["poly"].seeds.mean_diff
     assert c.tests["poly"].holm_p["welch"] < c.alpha
     assert "over every seed of each (3 of poly, 8 of baseline) the means differ by -3.8" in c.verdict
+    welch = stats.ttest_ind([r.metrics["test_macro_f1"] for r in runs if r.loss_type == "poly"],
+                            [r.metrics["test_macro_f1"] for r in runs if r.loss_type == "baseline"],
+                            equal_var=False).confidence_interval()
+    assert f"(Welch 95% CI [{100 * welch.low:+.2f}, {100 * welch.high:+.2f}] pp)" in c.verdict
     assert "significantly worse than baseline" in c.verdict and "it survives" not in c.verdict
 
 
