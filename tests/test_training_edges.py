@@ -15,6 +15,7 @@ import torch
 from av1_ablation.cli import main
 from av1_ablation.errors import UserError
 from av1_ablation.models import Backbone, Stage1Model, load_stage1_backbone, load_stage1_model, scaled_channels
+from av1_ablation.record.contract import MODEL_CHECKPOINT
 from av1_ablation.training.loop import History, Optimisation, fit, train_one_epoch, trained_blocks
 
 SMOKE = ["--preset", "smoke", "--batch-size", "16"]
@@ -127,7 +128,7 @@ def test_a_stage1_run_of_width_0_2_backs_a_stage2_run(tiny_dataset_two_qps, trac
     assert main(["stage1", *common]) == 0
     (stage1,) = client().search_runs([exp], "tags.`av1.kind` = 'stage1'")
     written = torch.load(mlflow.artifacts.download_artifacts(run_id=stage1.info.run_id,
-                                                             artifact_path="checkpoint/model.pt"),
+                                                             artifact_path=MODEL_CHECKPOINT),
                          weights_only=True)
     assert written["config"]["width"] == 0.2  # what the loader reads: the channels do not give it back
     assert main(["train", *common, "--stage1", stage1.info.run_id, "--epochs", "2", "--patience", "5"]) == 0
