@@ -436,7 +436,8 @@ def _lead_sentence(c: Comparison) -> str:
         if c.primary_test == "welch" and t.seeds.welch_ci_low is not None:
             ci += f" (Welch 95% CI [{_pp(t.seeds.welch_ci_low)}, {_pp(t.seeds.welch_ci_high)}] pp)"
         if c.primary_test == "mannwhitney" and t.seeds.p_superiority is not None:
-            ci += f" and a seed of {w} beats one of {ref} with probability {t.seeds.p_superiority:.2f}"
+            ci += (f" and a seed of {w} beats one of {ref} with probability "
+                   f"{t.seeds.p_superiority:.2f} (ties count 1/2)")
     test = (f"({_TEST_NAMES[c.primary_test]}, Holm over {c.holm_family} comparison(s) with {ref}: "
             f"adjusted p = {q:.3g}{_holm_dependence(c, raw, q)})")
     # The two-sided test is also significant when the arm chosen on validation is worse on
@@ -455,7 +456,11 @@ def _lead_sentence(c: Comparison) -> str:
         s = f"{lead}{ci}; it {word} Holm's correction at alpha = {c.alpha:g} {test}."
     if c.primary_test in ("sign_flip", "wilcoxon"):
         s += f" With {p.n} seeds this test cannot go below p = {p.sign_flip_min_p:.3g}."
-    if q < c.alpha and ahead and 100 * tested_diff < FAILURE_PP:
+    if q < c.alpha and ahead and tested_diff <= 0:
+        s = (f"{lead}{ci}; the ranks favour {w}, and that survives Holm's correction at alpha = "
+             f"{c.alpha:g} {test}, but its mean is behind {ref}'s: a seed that diverged pulls it "
+             "down, so this is not a practical win.")
+    elif q < c.alpha and ahead and 100 * tested_diff < FAILURE_PP:
         s += f" The lead is under the protocol's {FAILURE_PP} pp threshold: not a practical win."
     elif q >= c.alpha and p.tost_p is not None:
         if p.tost_p < c.alpha:
