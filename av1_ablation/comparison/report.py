@@ -433,9 +433,9 @@ def _lead_sentence(c: Comparison) -> str:
     if c.primary_test in UNPAIRED_TESTS:
         ci += (f"; over every seed of each ({t.seeds.n_a} of {w}, {t.seeds.n_b} of {ref}) the "
                f"means differ by {_pp(t.seeds.mean_diff)} pp")
-        if c.primary_test == "welch" and t.seeds.welch_ci_low is not None:
+        if c.primary_test == "welch":  # its p exists (checked above), so does its CI
             ci += f" (Welch 95% CI [{_pp(t.seeds.welch_ci_low)}, {_pp(t.seeds.welch_ci_high)}] pp)"
-        if c.primary_test == "mannwhitney" and t.seeds.p_superiority is not None:
+        else:  # Mann-Whitney: its p exists, so does P(A>B)
             ci += (f" and a seed of {w} beats one of {ref} with probability "
                    f"{t.seeds.p_superiority:.2f} (ties count 1/2)")
     test = (f"({_TEST_NAMES[c.primary_test]}, Holm over {c.holm_family} comparison(s) with {ref}: "
@@ -444,10 +444,7 @@ def _lead_sentence(c: Comparison) -> str:
     # test, and that must not read as a lead that survives. The direction is the tested one:
     # Mann-Whitney compares ranks, so one diverged seed can pull the means the other way.
     tested_diff = t.seeds.mean_diff if c.primary_test in UNPAIRED_TESTS else p.mean_diff
-    if c.primary_test == "mannwhitney" and t.seeds.p_superiority is not None:
-        ahead = t.seeds.p_superiority > 0.5
-    else:
-        ahead = tested_diff > 0
+    ahead = t.seeds.p_superiority > 0.5 if c.primary_test == "mannwhitney" else tested_diff > 0
     if q < c.alpha and not ahead:
         s = (f"{lead}{ci}; {w}, the arm chosen on validation, is significantly worse than {ref} on "
              f"test: the difference survives Holm's correction at alpha = {c.alpha:g} {test}.")
