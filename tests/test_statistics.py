@@ -16,12 +16,14 @@ from av1_ablation.comparison.statistics import (
     friedman_test,
     holm,
     macro_f1_from_confusion,
+    mann_whitney_exact,
     mcnemar_from_counts,
     mcnemar_test,
     paired_bootstrap,
     paired_seed_tests,
     paired_t_power,
     probability_of_superiority,
+    MANN_WHITNEY_MAX_SPLITS,
     MAX_SEEDS_FOR_POWER,
     seeds_for_power,
     sign_flip_test,
@@ -409,3 +411,46 @@ def test_friedman_undefined_cases_say_why():
     assert r.pvalue is None and "no variance" in r.note
     big = friedman_test(np.random.default_rng(0).random((3, 5)), n_resamples=999)
     assert not big.exact and big.n_resamples == 999
+
+
+def _brute_force_mann_whitney(a, b):
+    """U and its two-sided p over every split of the pooled scores (ties count 1/2)."""
+    pool = np.concatenate([a, b])
+
+    def u(x, y):
+        return sum((xi > yi) + 0.5 * (xi == yi) for xi in x for yi in y)
+
+    null = []
+    for idx in itertools.combinations(range(pool.size), len(a)):
+        mask = np.zeros(pool.size, bool)
+        mask[list(idx)] = True
+        null.append(u(pool[mask], pool[~mask]))
+    null, observed = np.array(null), u(a, b)
+    return observed, min(1.0, 2 * min((null >= observed).mean(), (null <= observed).mean()))
+
+
+@pytest.mark.parametrize("a, b", [
+    ([.5, .5, .6, .7, .7], [.5, .4, .4, .5, .3]),
+    ([.6, .6, .6, .7], [.5, .5, .5, .6]),
+    ([.41, .42, .42], [.40, .42, .40]),
+])
+def test_mann_whitney_is_exact_with_tied_scores(a, b):
+    u, p = _brute_force_mann_whitney(np.array(a), np.array(b))
+    r = across_seed_tests(a, b)
+    assert r.mannwhitney_u == pytest.approx(u)
+    assert r.mannwhitney_p == pytest.approx(p)
+    assert mann_whitney_exact(a, b) == pytest.approx((u, p))
+
+
+def test_mann_whitney_with_ties_is_not_scipys_distinct_score_null():
+    # scipy's exact null assumes distinct scores: with these ties it says 0.032, U's own is 0.048.
+    a, b = [.5, .5, .6, .7, .7], [.5, .4, .4, .5, .3]
+    assert stats.mannwhitneyu(a, b, method="exact").pvalue == pytest.approx(2 / 63)
+    assert mann_whitney_exact(a, b)[1] == pytest.approx(0.047619, abs=1e-6)
+
+
+def test_mann_whitney_with_ties_and_many_seeds_is_scipys_tie_corrected_normal():
+    a, b = [.5] * 6 + [.6] * 6, [.4] * 6 + [.5] * 6  # C(24, 12) splits: past the limit
+    assert math.comb(24, 12) > MANN_WHITNEY_MAX_SPLITS
+    mw = stats.mannwhitneyu(a, b, method="asymptotic")
+    assert mann_whitney_exact(a, b) == pytest.approx((mw.statistic, mw.pvalue))
