@@ -21,6 +21,12 @@ from av1_ablation.record.figures import confusion_figure, new_figure as _figure
 from av1_ablation.record.metrics import reliability_curve
 
 
+def _legend(ax, **kwargs) -> None:
+    # An axis with nothing labelled (no arm logged a curve) gets no legend, not matplotlib's warning.
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def macro_f1_figure(c: Comparison) -> Figure:
     """Left: test macro-F1 per seed and the mean with a 95% t-interval over seeds.
     Right: per-seed differences from the reference (paired by seed) with the paired
@@ -69,7 +75,7 @@ def per_class_figure(c: Comparison) -> Figure:
                yerr=sds, capsize=3, label=arm)
     ax.set_xticks(np.arange(len(CLASS_KEYS)), STAGE2_NAMES)
     ax.set_ylabel("test F1 (%)")
-    ax.legend(fontsize=8)
+    _legend(ax, fontsize=8)
     ax.set_title(f"Per-class F1, mean ± sd over seeds ({c.group})")
     return fig
 
@@ -88,7 +94,7 @@ def val_curves_figure(c: Comparison) -> Figure:
             ax.plot(steps, [100 * np.mean(by_step[s]) for s in steps], marker=".", label=arm)
     ax.set_xlabel("epoch")
     ax.set_ylabel("val macro-F1 (%)")
-    ax.legend(fontsize=8)
+    _legend(ax, fontsize=8)
     ax.set_title("Validation macro-F1 (mean over seeds; runs stop early at different epochs)")
     return fig
 
@@ -141,6 +147,6 @@ def per_qp_models_figure(models: dict[str, list[RunRecord]]) -> Figure:
     for ax, title in zip(axes, ("macro-F1", *STAGE2_NAMES)):
         ax.set(title=title, xlabel="qindex", ylim=(0, 1))
     axes[0].set_ylabel("test F1 (mean over runs)")
-    axes[0].legend(fontsize="small")
+    _legend(axes[0], fontsize="small")
     fig.suptitle("test F1 per QP")
     return fig
