@@ -522,6 +522,33 @@ def test_mann_whitney_judges_the_direction_of_its_ranks_not_of_the_means():
     assert "significantly worse" not in c.verdict and "under the protocol's" not in c.verdict
 
 
+def test_mann_whitney_says_when_its_ranks_favour_the_reference_but_the_mean_does_not():
+    # Seven of poly's eight seeds are below every baseline seed; the eighth is far above.
+    base = {s: 0.40 + 0.001 * s for s in range(1, 9)}
+    poly = {s: base[s] - 0.02 for s in range(1, 8)} | {8: 0.90}
+    runs = [record("baseline", s, base[s]) for s in base]
+    runs += [record("poly", s, poly[s], poly[s] + 0.5) for s in poly]
+    c = summarise(runs, n_resamples=50, primary_test="mannwhitney")
+    t = c.tests["poly"]
+    assert t.seeds.mean_diff > 0 and t.seeds.p_superiority == 8 / 64
+    assert t.holm_p["mannwhitney"] < c.alpha
+    assert "poly, the arm chosen on validation, is significantly worse than baseline" in c.verdict
+    assert "Its mean is ahead, though: the ranks and the means disagree" in c.verdict
+
+
+def test_mann_whitney_verdict_names_the_approximation_when_ties_leave_it_inexact():
+    # Twelve seeds a side, scores on a 0.01 grid: ties, and C(24, 12) splits are too many.
+    base = {s: 0.40 + 0.01 * (s % 3) for s in range(1, 13)}
+    runs = [record("baseline", s, base[s]) for s in base]
+    runs += [record("poly", s, base[s] + 0.02, base[s] + 0.5) for s in base]
+    c = summarise(runs, n_resamples=50, primary_test="mannwhitney")
+    assert c.tests["poly"].seeds.mannwhitney_exact is False
+    assert "(Mann-Whitney U across seeds (unpaired; ties, so the tie-corrected normal " in c.verdict
+    exact = summarise([r for r in runs if r.seed <= 3], n_resamples=50, primary_test="mannwhitney")
+    assert exact.tests["poly"].seeds.mannwhitney_exact is True
+    assert "(exact Mann-Whitney U across seeds (unpaired), Holm" in exact.verdict
+
+
 def test_the_power_of_an_enormous_effect_is_one_without_the_noncentral_t(monkeypatch):
     # scipy's noncentral t is slow (tens of seconds) and can fail to converge this far out.
     from av1_ablation.comparison import statistics as st

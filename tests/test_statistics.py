@@ -16,7 +16,7 @@ from av1_ablation.comparison.statistics import (
     friedman_test,
     holm,
     macro_f1_from_confusion,
-    mann_whitney_exact,
+    mann_whitney_test,
     mcnemar_from_counts,
     mcnemar_test,
     paired_bootstrap,
@@ -432,25 +432,53 @@ def _brute_force_mann_whitney(a, b):
 @pytest.mark.parametrize("a, b", [
     ([.5, .5, .6, .7, .7], [.5, .4, .4, .5, .3]),
     ([.6, .6, .6, .7], [.5, .5, .5, .6]),
-    ([.41, .42, .42], [.40, .42, .40]),
+    ([.41, .42, .42], [.40, .42, .40, .41, .40, .42, .39, .40, .41]),
+    ([.581, .574, .590], [.570, .566, .573, .561, .592]),  # no ties: scipy's exact null
+    ([.3, .3, .3], [.3, .3, .3, .3]),
 ])
-def test_mann_whitney_is_exact_with_tied_scores(a, b):
+def test_mann_whitney_is_exact_with_and_without_ties(a, b):
     u, p = _brute_force_mann_whitney(np.array(a), np.array(b))
     r = across_seed_tests(a, b)
     assert r.mannwhitney_u == pytest.approx(u)
     assert r.mannwhitney_p == pytest.approx(p)
-    assert mann_whitney_exact(a, b) == pytest.approx((u, p))
+    assert r.mannwhitney_exact is True
+    assert mann_whitney_test(a, b) == pytest.approx((u, p, True))
 
 
 def test_mann_whitney_with_ties_is_not_scipys_distinct_score_null():
     # scipy's exact null assumes distinct scores: with these ties it says 0.032, U's own is 0.048.
     a, b = [.5, .5, .6, .7, .7], [.5, .4, .4, .5, .3]
     assert stats.mannwhitneyu(a, b, method="exact").pvalue == pytest.approx(2 / 63)
-    assert mann_whitney_exact(a, b)[1] == pytest.approx(0.047619, abs=1e-6)
+    assert mann_whitney_test(a, b)[1] == pytest.approx(0.047619, abs=1e-6)
 
 
 def test_mann_whitney_with_ties_and_many_seeds_is_scipys_tie_corrected_normal():
     a, b = [.5] * 6 + [.6] * 6, [.4] * 6 + [.5] * 6  # C(24, 12) splits: past the limit
     assert math.comb(24, 12) > MANN_WHITNEY_MAX_SPLITS
     mw = stats.mannwhitneyu(a, b, method="asymptotic")
-    assert mann_whitney_exact(a, b) == pytest.approx((mw.statistic, mw.pvalue))
+    assert mann_whitney_test(a, b) == pytest.approx((mw.statistic, mw.pvalue, False))
+    assert across_seed_tests(a, b).mannwhitney_exact is False
+    # The approximation stays near U's own null, estimated from random splits of the pool.
+    pool, rng = np.array(a + b), np.random.default_rng(0)
+    u = mw.statistic
+    null = []
+    for _ in range(4000):
+        perm = rng.permutation(pool)
+        x, y = perm[:12], perm[12:]
+        null.append(((x[:, None] > y) + 0.5 * (x[:, None] == y)).sum())
+    null = np.array(null)
+    assert mw.pvalue == pytest.approx(2 * min((null >= u).mean(), (null <= u).mean()), abs=0.01)
+
+
+@pytest.mark.parametrize("a, b, problem", [
+    ([.5, np.nan, .6], [.5, .4, .4], "finite"),
+    ([.5], [.5, .4, .4], "at least two scores per arm"),
+])
+def test_mann_whitney_refuses_what_it_cannot_test(a, b, problem):
+    with pytest.raises(ValueError, match=problem):
+        mann_whitney_test(a, b)
+
+
+def test_across_seed_tests_need_two_seeds_per_arm_whatever_min_seeds_says():
+    r = across_seed_tests([.5], [.5, .4, .4], min_seeds=1)
+    assert r.mannwhitney_p is None and r.welch_p is None and "need >= 2 per arm" in r.note

@@ -438,25 +438,34 @@ def _lead_sentence(c: Comparison) -> str:
         else:  # Mann-Whitney: its p exists, so does P(A>B)
             ci += (f" and a seed of {w} beats one of {ref} with probability "
                    f"{t.seeds.p_superiority:.2f} (ties count 1/2)")
-    test = (f"({_TEST_NAMES[c.primary_test]}, Holm over {c.holm_family} comparison(s) with {ref}: "
+    name = _TEST_NAMES[c.primary_test]
+    if c.primary_test == "mannwhitney" and not t.seeds.mannwhitney_exact:
+        name = "Mann-Whitney U across seeds (unpaired; ties, so the tie-corrected normal approximation)"
+    test = (f"({name}, Holm over {c.holm_family} comparison(s) with {ref}: "
             f"adjusted p = {q:.3g}{_holm_dependence(c, raw, q)})")
     # The two-sided test is also significant when the arm chosen on validation is worse on
     # test, and that must not read as a lead that survives. The direction is the tested one:
     # Mann-Whitney compares ranks, so one diverged seed can pull the means the other way.
     tested_diff = t.seeds.mean_diff if c.primary_test in UNPAIRED_TESTS else p.mean_diff
     ahead = t.seeds.p_superiority > 0.5 if c.primary_test == "mannwhitney" else tested_diff > 0
+    disagree = c.primary_test == "mannwhitney" and ahead != (tested_diff > 0)
     if q < c.alpha and not ahead:
         s = (f"{lead}{ci}; {w}, the arm chosen on validation, is significantly worse than {ref} on "
              f"test: the difference survives Holm's correction at alpha = {c.alpha:g} {test}.")
+        if disagree:
+            s += (" Its mean is ahead, though: the ranks and the means disagree, as one seed far "
+                  "from the rest makes them.")
     else:
         word = "survives" if q < c.alpha else "does not survive"
         s = f"{lead}{ci}; it {word} Holm's correction at alpha = {c.alpha:g} {test}."
     if c.primary_test in ("sign_flip", "wilcoxon"):
         s += f" With {p.n} seeds this test cannot go below p = {p.sign_flip_min_p:.3g}."
-    if q < c.alpha and ahead and tested_diff <= 0:
+    if q < c.alpha and ahead and disagree:
+        level = "behind" if tested_diff < 0 else "level with"
         s = (f"{lead}{ci}; the ranks favour {w}, and that survives Holm's correction at alpha = "
-             f"{c.alpha:g} {test}, but its mean is behind {ref}'s: a seed that diverged pulls it "
-             "down, so this is not a practical win.")
+             f"{c.alpha:g} {test}, but its mean is {level} {ref}'s: the ranks and the means "
+             "disagree, as one seed far from the rest (a diverged one) makes them, so this is not "
+             "a practical win.")
     elif q < c.alpha and ahead and 100 * tested_diff < FAILURE_PP:
         s += f" The lead is under the protocol's {FAILURE_PP} pp threshold: not a practical win."
     elif q >= c.alpha and p.tost_p is not None:

@@ -11,8 +11,8 @@ Three kinds of evidence, as in the ablation's design:
   test (two one-sided tests, TOST). :func:`seeds_for_power` gives the number
   of seeds a paired t-test would need for a given power;
   :func:`friedman_test` compares all arms at once.
-* **Unpaired across seeds** (secondary): Welch's t-test, the exact
-  Mann-Whitney U test (ties included) and P(A > B) (:func:`across_seed_tests`).
+* **Unpaired across seeds** (secondary): Welch's t-test, the
+  Mann-Whitney U test (exact, ties included, up to 200,000 splits) and P(A > B) (:func:`across_seed_tests`).
 * **Paired, on the same test blocks**: McNemar's test on correct/incorrect
   (Dietterich 1998) and the paired bootstrap of the macro-F1 difference
   (Berg-Kirkpatrick et al. 2012), resampling clusters of blocks (test
@@ -69,7 +69,7 @@ __all__ = [
     "friedman_test",
     "holm",
     "macro_f1_from_confusion",
-    "mann_whitney_exact",
+    "mann_whitney_test",
     "mcnemar_test",
     "paired_bootstrap",
     "paired_seed_tests",
@@ -453,6 +453,8 @@ class SeedTestResult:
     mannwhitney_p: float | None = None
     p_superiority: float | None = None
     note: str = ""
+    #: False when ties and many seeds left Mann-Whitney on the normal approximation.
+    mannwhitney_exact: bool | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -511,8 +513,8 @@ def across_seed_tests(scores_a, scores_b, *, min_seeds: int = 3,
     -------
     result : SeedTestResult
         Two-sided p-values of Welch's t-test (``scipy.stats.ttest_ind(...,
-        equal_var=False)``) and of the Mann-Whitney U test with its exact
-        null distribution (:func:`mann_whitney_exact`: tied scores too),
+        equal_var=False)``) and of the Mann-Whitney U test (:func:`mann_whitney_test`:
+        exact, tied scores too, unless ``mannwhitney_exact`` is False),
         Welch's interval of the mean difference and P(A > B).
 
     Notes
@@ -537,9 +539,10 @@ def across_seed_tests(scores_a, scores_b, *, min_seeds: int = 3,
     if a.size == 0 or b.size == 0:
         raise ValueError("across_seed_tests needs at least one score per arm")
     mean_diff = float(a.mean() - b.mean())
-    if min(a.size, b.size) < min_seeds:
+    # Welch needs two values per arm whatever min_seeds says.
+    if min(a.size, b.size) < max(min_seeds, 2):
         return SeedTestResult(a.size, b.size, mean_diff,
-                              note=f"{NOT_ENOUGH_SEEDS} (need >= {min_seeds} per arm; "
+                              note=f"{NOT_ENOUGH_SEEDS} (need >= {max(min_seeds, 2)} per arm; "
                                    f"got {a.size} and {b.size})")
     note = ""
     t = p = low = high = None
@@ -549,25 +552,30 @@ def across_seed_tests(scores_a, scores_b, *, min_seeds: int = 3,
         welch = stats.ttest_ind(a, b, equal_var=False)
         ci = welch.confidence_interval(confidence_level)
         t, p, low, high = float(welch.statistic), float(welch.pvalue), float(ci.low), float(ci.high)
-    u, mw_p = mann_whitney_exact(a, b)
+    u, mw_p, mw_exact = mann_whitney_test(a, b)
     return SeedTestResult(a.size, b.size, mean_diff, t, p, low, high, u, mw_p,
-                          probability_of_superiority(a, b), note)
+                          probability_of_superiority(a, b), note, mw_exact)
 
 
-def mann_whitney_exact(scores_a, scores_b) -> tuple[float, float]:
-    """Mann-Whitney U of A against B and its exact two-sided p-value, ties included.
+def mann_whitney_test(scores_a, scores_b) -> tuple[float, float, bool]:
+    """Mann-Whitney U of A against B and its two-sided p-value, exact with ties too.
 
     Parameters
     ----------
     scores_a, scores_b : array-like of float, shape (n_a,) and (n_b,)
-        One score per seed of each arm, both arms non-empty.
+        One finite score per seed of each arm, at least two per arm.
 
     Returns
     -------
     u : float
         U of A: the pairs (a, b) with a > b, ties counting 1/2.
     p : float
-        Two-sided p-value: twice the smaller tail of U's null distribution.
+        Two-sided p-value: twice the smaller tail of U's null distribution,
+        at most 1.
+    exact : bool
+        False only when tied scores have more than
+        :data:`MANN_WHITNEY_MAX_SPLITS` splits and ``p`` is scipy's
+        tie-corrected normal approximation.
 
     Notes
     -----
@@ -576,25 +584,32 @@ def mann_whitney_exact(scores_a, scores_b) -> tuple[float, float]:
     to a few digits, arms that never move) it is not U's and its p-values are
     too small (0.032 instead of 0.048 for A = .5 .5 .6 .7 .7, B = .5 .4 .4 .5
     .3). With ties U is compared with every split of the pooled scores into
-    arms of the same sizes (``scipy.stats.permutation_test``, exhaustive); past
-    :data:`MANN_WHITNEY_MAX_SPLITS` splits, with scipy's tie-corrected normal
-    approximation.
+    arms of the same sizes (``scipy.stats.permutation_test``, exhaustive).
+
+    Examples
+    --------
+    >>> mann_whitney_test([.5, .5, .6, .7, .7], [.5, .4, .4, .5, .3])
+    (23.0, 0.047619047619047616, True)
     """
-    a = np.asarray(scores_a, dtype=float)
-    b = np.asarray(scores_b, dtype=float)
+    a = _as_scores(scores_a, "scores_a")
+    b = _as_scores(scores_b, "scores_b")
+    if min(a.size, b.size) < 2:
+        raise ValueError(f"mann_whitney_test needs at least two scores per arm; got {a.size} and "
+                         f"{b.size}")
     if np.unique(np.concatenate([a, b])).size == a.size + b.size:
         mw = stats.mannwhitneyu(a, b, alternative="two-sided", method="exact")
-        return float(mw.statistic), float(mw.pvalue)
+        return float(mw.statistic), float(mw.pvalue), True
     if math.comb(a.size + b.size, a.size) > MANN_WHITNEY_MAX_SPLITS:
         mw = stats.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic")
-        return float(mw.statistic), float(mw.pvalue)
+        return float(mw.statistic), float(mw.pvalue), False
 
     def u_of(x, y, axis):
+        # Only U is wanted per split; "asymptotic" keeps scipy from building its exact null each time.
         return stats.mannwhitneyu(x, y, axis=axis, method="asymptotic").statistic
 
     res = stats.permutation_test((a, b), u_of, permutation_type="independent", vectorized=True,
                                  n_resamples=np.inf, alternative="two-sided")
-    return float(res.statistic), float(res.pvalue)
+    return float(res.statistic), float(res.pvalue), True
 
 
 # --------------------------------------------------------------------------- paired across seeds
