@@ -176,6 +176,48 @@ def test_only_killed_or_failed_runs_can_be_resumed(tracking_store, capsys):
     assert "av1.lease" not in client().get_run(running).data.tags  # released after the refusal
 
 
+def test_the_run_mlflow_run_created_for_a_resume_ends_with_the_resume(tracking_store, monkeypatch, capsys):
+    from av1_ablation.errors import Terminated
+    from av1_ablation.training.lifecycle import resume_launch
+
+    _, exp = tracking_store
+    resumed = client().create_run(exp, run_name="poly-seed42", tags={"av1.kind": "stage2"}).info.run_id
+
+    def untouched():
+        run = client().get_run(resumed)
+        return run.info.run_name == "poly-seed42" and run.info.status == "RUNNING" and not {
+            "av1.resumes", "mlflow.note.content", "av1.failure_reason"} & set(run.data.tags)
+
+    with resume_launch(resumed):  # outside `mlflow run`: nothing to label
+        pass
+    monkeypatch.setenv("MLFLOW_RUN_ID", resumed)  # `mlflow run` made no run of its own
+    with pytest.raises(RuntimeError), resume_launch(resumed):
+        raise RuntimeError("disk full")
+    assert untouched() and len(client().search_runs([exp])) == 1
+    for exc, status, reason in ((RuntimeError("disk full"), "FAILED", "RuntimeError: disk full"),
+                                (Terminated("received signal 15 (SIGTERM)"), "KILLED", "signal 15"),
+                                (KeyboardInterrupt(), "KILLED", "interrupted by the user")):
+        launch = client().create_run(exp).info.run_id  # what `mlflow run -P resume=...` creates
+        monkeypatch.setenv("MLFLOW_RUN_ID", launch)
+        with pytest.raises(type(exc)), resume_launch(resumed):
+            raise exc
+        run = client().get_run(launch)
+        assert run.info.status == status and run.info.run_name == "resume-poly-seed42"
+        assert run.data.tags["av1.resumes"] == resumed and resumed in run.data.tags["mlflow.note.content"]
+        assert run.data.tags["av1.failure_reason"].startswith(f"the resume of run {resumed} ended: ")
+        assert reason in run.data.tags["av1.failure_reason"]
+        assert untouched()  # the resumed run is tracked_run's to end
+    # a refused resume: the run `mlflow run` created ends FAILED with the refusal's own message
+    client().set_terminated(resumed, "FINISHED")
+    launch = client().create_run(exp).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", launch)
+    assert main(["train", "--resume", resumed]) == 2
+    capsys.readouterr()
+    run = client().get_run(launch)
+    assert run.info.status == "FAILED" and run.data.tags["av1.resumes"] == resumed
+    assert run.data.tags["av1.failure_reason"] == f"resume={resumed} already FINISHED; nothing to resume"
+
+
 def _killed_run(tiny_dataset_two_qps, exp) -> str:
     """A Stage-2 run that a real SIGTERM ended KILLED after its first epoch."""
     proc = cli_process("train", "--data", str(tiny_dataset_two_qps), *SMOKE, "--epochs", "8",

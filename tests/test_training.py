@@ -172,11 +172,22 @@ def test_interrupt_then_resume_matches_uninterrupted(tiny_dataset_two_qps, track
     assert proc.wait(timeout=60) == 143, proc.stderr.read().decode()[-2000:]
     (killed,) = stage2_runs(exp, "KILLED")
     assert "signal" in killed.data.tags["av1.failure_reason"]
-    assert main(["train", "--resume", killed.info.run_id]) == 0
+    # resumed the way the README says, through `mlflow run`, which creates a run of its own
+    import mlflow
+
+    launch = mlflow.projects.run(str(REPO), "main", env_manager="local", experiment_id=exp,
+                                 parameters={"resume": killed.info.run_id}).run_id
     resumed = client().get_run(killed.info.run_id)
     assert resumed.info.status == "FINISHED"
     for key in ("test_macro_f1", "best_val_macro_f1", "best_epoch", "test_nll"):
         assert resumed.data.metrics[key] == reference.data.metrics[key], key
+    # the run `mlflow run` created is not a metric-less arm: it names the run it resumed
+    launch = client().get_run(launch)
+    assert launch.info.status == "FINISHED" and not launch.data.metrics
+    assert launch.data.tags["av1.resumes"] == killed.info.run_id and "av1.kind" not in launch.data.tags
+    assert killed.info.run_id in launch.data.tags["mlflow.note.content"]
+    assert launch.info.run_name == f"resume-{killed.info.run_name}"
+    assert len(stage2_runs(exp)) == 2  # the reference and the resumed run
 
 
 def test_the_ablation_parent_names_what_validation_prefers_not_test(tracking_store):

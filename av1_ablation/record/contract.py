@@ -55,6 +55,12 @@ def arm_run_name(loss_type: str, seed: int, folds: int = 1, fold: int = 0) -> st
     return f"{loss_type}-seed{seed}{_fold_suffix(folds, fold)}"
 
 
+def resume_run_name(resumed: str) -> str:
+    """The run name of what ``mlflow run -P resume=...`` created for the resume of the run
+    named ``resumed``: ``resume-poly-seed42``."""
+    return f"resume-{resumed}"
+
+
 def reference_run_name(name: str, seed: int, folds: int = 1, fold: int = 0) -> str:
     """The run name of one reference model: ``reference-gbm-seed42`` (``-fold3`` in a
     cross-validation)."""
@@ -72,6 +78,9 @@ FAILURE_TAGS = (FAILURE_TAG, FAILURE_EPOCH_TAG, FAILURE_STEP_TAG)
 LEASE_TAG = "av1.lease"
 RESUMED_TAG = "av1.resumed_from_epoch"
 INTERRUPTIONS_TAG = "av1.interruptions"
+# the run `mlflow run -P resume=ID` created: it trains nothing itself, it names the run it resumed
+RESUMES_TAG = "av1.resumes"
+NOTE_TAG = "mlflow.note.content"  # MLflow's own: the run's description in mlflow ui
 # where and with what a run was trained
 DEVICE_TAG = "av1.device"
 GPU_TAG = "av1.gpu"

@@ -21,9 +21,10 @@ from mlflow.tracking import MlflowClient
 
 from av1_ablation.errors import Terminated, UserError, raise_terminated
 from av1_ablation.record.contract import (DEVICE_TAG, FAILURE_TAG, FAILURE_TAGS, GIT_COMMIT_TAG, GPU_TAG,
-                                          INTERRUPTIONS_TAG, KIND_TAG, LEASE_TAG, MLFLOW_TAG, NUMPY_TAG,
-                                          PYTHON_TAG, RESUMED_TAG, SKLEARN_TAG, TORCH_TAG, kind_clause,
-                                          param_clause, tag_clause)
+                                          INTERRUPTIONS_TAG, KIND_TAG, LEASE_TAG, MLFLOW_TAG, NOTE_TAG,
+                                          NUMPY_TAG, PYTHON_TAG, RESUMED_TAG, RESUMES_TAG, SKLEARN_TAG,
+                                          TORCH_TAG, kind_clause, param_clause, resume_run_name,
+                                          tag_clause)
 from av1_ablation.record.experiment import experiment_id, mark_model_training
 
 # time for a concurrent claim to land before a claim is read back (MLflow has no
@@ -270,6 +271,40 @@ def record_resume(run_id: str, epoch: int) -> None:
     client.set_tag(run_id, INTERRUPTIONS_TAG, reasons[-4000:])
 
 
+@contextlib.contextmanager
+def resume_launch(run_id: str):
+    """While the block resumes ``run_id``, label the run ``mlflow run -P resume=...`` created.
+
+    That run trains nothing: the epochs, metrics and model go to ``run_id``. Left as it is,
+    it would sit in mlflow ui as an arm with the project's default params and no metrics,
+    and end FAILED without a reason when the resume fails. It gets a description and a
+    :data:`RESUMES_TAG` naming the resumed run, and ends KILLED or FAILED with the reason
+    when the block does, unless a refusal (:func:`fails_pending_run`) ended it first with its
+    own message; ``mlflow run`` marks it FINISHED after a success. Outside ``mlflow run`` (no
+    ``MLFLOW_RUN_ID``) this does nothing.
+    """
+    launch = os.environ.get("MLFLOW_RUN_ID")
+    if not launch or launch == run_id:
+        yield
+        return
+    client = MlflowClient()
+    try:
+        resumed = client.get_run(run_id).info.run_name
+        client.set_tag(launch, RESUMES_TAG, run_id)
+        client.set_tag(launch, NOTE_TAG, f"Resumes run {run_id} ({resumed}). That run holds the "
+                                         "training: its epochs, metrics, model and artifacts; this one "
+                                         "holds none.")
+        client.update_run(launch, name=resume_run_name(resumed))
+        yield
+    except BaseException as exc:
+        interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
+        with signals_held(), contextlib.suppress(Exception):
+            if client.get_run(launch).info.status == "RUNNING":  # a refusal has ended it with its message
+                fail_pending_run(f"the resume of run {run_id} ended: {end_reason(exc)}", launch,
+                                 status="KILLED" if interrupted else "FAILED")
+        raise
+
+
 def finished_runs(kind: str, *, tags: dict[str, str], params: dict[str, str], max_results: int = 1000):
     """FINISHED runs of the current experiment of ``kind`` with exactly these tag and param
     values, newest first."""
@@ -284,5 +319,5 @@ def finished_runs(kind: str, *, tags: dict[str, str], params: dict[str, str], ma
 __all__ = [
     "tracked_run", "log_new_params", "finished_runs", "environment_tags", "fails_pending_run",
     "fail_pending_run", "end_reason", "experiment_id", "git_commit", "run_lease", "holder_alive",
-    "record_resume",
+    "record_resume", "resume_launch",
 ]

@@ -37,7 +37,7 @@ from av1_ablation.training import config as config_mod
 from av1_ablation.training.config import STAGE2_PRESETS, Stage2Config
 from av1_ablation.training.data import SplitData, load_split_data, log_dataset_input, resolve_device
 from av1_ablation.training.lifecycle import (environment_tags, fails_pending_run, log_new_params,
-                                             record_resume, run_lease, tracked_run)
+                                             record_resume, resume_launch, run_lease, tracked_run)
 from av1_ablation.training.loop import (History, NonFiniteLoss, Optimisation, fit, log_selected_checkpoint,
                                         set_determinism)
 from av1_ablation.training.prefix import logit_source
@@ -56,6 +56,7 @@ def run(args) -> int:
             if args.resume:
                 # held until training ends: a second resume of this run is refused meanwhile
                 held.enter_context(run_lease(args.resume, label=f"resume={args.resume}"))
+                held.enter_context(resume_launch(args.resume))
                 cfg, resume_state = load_resume_point(args.resume)
                 record_resume(args.resume, resume_state["history"]["epoch"])
             else:
