@@ -8,11 +8,19 @@
 #
 # With NAMEs (e.g. end_to_end extended), only those scripts run.
 set -uo pipefail
-repo=$(cd "$(dirname "$0")/.." && pwd)
+repo=$(cd "$(dirname "$0")/.." && pwd -P)
 out=${1:-$(mktemp -d)}
 only=" ${*:2} "
-mkdir -p "$out"
 cd "$repo"
+# the Python benchmarks and the `av1-ablation` command import the installed package (only the
+# `mlflow run .` steps run this checkout whatever is installed): it must be this checkout's
+command -v python > /dev/null || { echo "error: no python on PATH; activate the environment of make setup" >&2; exit 2; }
+pkg=$(cd / && python -c "import av1_ablation, pathlib; print(pathlib.Path(av1_ablation.__file__).resolve().parents[1])" 2>/dev/null)
+if [[ -z "$pkg" || ! "$pkg" -ef "$repo" ]]; then
+  echo "error: the installed av1_ablation is ${pkg:-missing}, not $repo, so the figures would measure other code; run 'python -m pip install -e \"$repo\"' (or make setup) first" >&2
+  exit 2
+fi
+mkdir -p "$out"
 echo "commit $(git rev-parse HEAD)$(git diff --quiet HEAD -- av1_ablation || echo ' (with uncommitted changes to av1_ablation/)'), output in $out"
 run() {
   local name=$1; shift
