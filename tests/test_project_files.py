@@ -3,7 +3,6 @@ setup is redone when what it installed is gone."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import re
 import shlex
@@ -187,6 +186,11 @@ def test_setup_is_redone_when_the_editable_install_is_another_clones(checkout_co
     # Ray workers and the command would run, so setup installs this clone again
     assert "pip install -q -e" in make_plan(checkout_copy, "setup", sys.executable)
     # the same copy whose av1_ablation is (a link to) the installed one: nothing to redo
-    installed = importlib.util.find_spec("av1_ablation").submodule_search_locations[0]
+    # where the interpreter finds it with the working directory off sys.path, as make does (in this
+    # process the checkout under test comes first, installed or not)
+    installed = subprocess.run(
+        [sys.executable, "-P", "-c", "import importlib.util as u; "
+         "print(u.find_spec('av1_ablation').submodule_search_locations[0])"],
+        cwd=checkout_copy, capture_output=True, text=True, check=True).stdout.strip()
     (checkout_copy / "av1_ablation").symlink_to(installed)
     assert "pip install" not in make_plan(checkout_copy, "setup", sys.executable)
