@@ -108,16 +108,34 @@ def arm_mean(backbone: dict, loss: str, key: str) -> float:
     return float(np.mean([m[key] for m in backbone["arms"][loss].values()]))
 
 
+def seed_deltas(backbones: list[dict], loss: str, key: str = TEST_MACRO_F1) -> list[np.ndarray]:
+    """Per backbone, ``loss`` minus the reference arm on each seed both have."""
+    out = []
+    for b in backbones:
+        arm, ref = b["arms"].get(loss, {}), b["arms"].get(REFERENCE, {})
+        out.append(np.array([arm[s][key] - ref[s][key] for s in sorted(set(arm) & set(ref))]))
+    return out
+
+
 def backbone_deltas(backbones: list[dict], loss: str, key: str = TEST_MACRO_F1) -> np.ndarray:
     """Per backbone, the mean over its seeds of ``loss`` minus the reference arm, paired
     by seed (NaN for a backbone where they share no seed): one value per backbone, the
     unit when the question is whether a difference holds for other backbones."""
-    out = []
-    for b in backbones:
-        arm, ref = b["arms"].get(loss, {}), b["arms"].get(REFERENCE, {})
-        shared = sorted(set(arm) & set(ref))
-        out.append(np.mean([arm[s][key] - ref[s][key] for s in shared]) if shared else np.nan)
-    return np.array(out)
+    return np.array([d.mean() if len(d) else np.nan for d in seed_deltas(backbones, loss, key)])
+
+
+def delta_spread(backbones: list[dict], loss: str, key: str = TEST_MACRO_F1) -> tuple[float, float]:
+    """The sd of the per-backbone mean differences, and the sd those means would have from
+    the seeds' noise alone (the per-seed differences' sd within a backbone, pooled, over
+    the square root of the seeds per backbone): the first well above the second means
+    the loss's effect depends on the backbone."""
+    per_seed = [d for d in seed_deltas(backbones, loss, key) if len(d)]
+    between = float(np.std([d.mean() for d in per_seed], ddof=1)) if len(per_seed) > 1 else float("nan")
+    dof = sum(len(d) - 1 for d in per_seed)
+    if not dof:
+        return between, float("nan")
+    pooled = sum(((d - d.mean()) ** 2).sum() for d in per_seed) / dof
+    return between, float(np.sqrt(pooled * np.mean([1 / len(d) for d in per_seed])))
 
 
 def reference_spread(backbones: list[dict], key: str = TEST_MACRO_F1) -> tuple[float, float]:
@@ -149,15 +167,16 @@ def report(backbones: list[dict]) -> str:
     columns = " | ".join(f"backbone {b['seed']}" for b in backbones)
     lines += ["", f"Test macro-F1 (%), mean over each backbone's seeds; Δ: paired with {REFERENCE} by seed "
               "within a backbone, averaged per backbone, then tested over backbones", "",
-              f"| loss | {columns} | Δ per backbone (pp) | mean Δ (pp) | paired t p over backbones (Holm) | "
-              "TOST ±0.5 pp p |", "|" + "---|" * (len(backbones) + 5),
+              f"| loss | {columns} | Δ per backbone (pp) | mean Δ (pp) | sd of Δ over backbones / from seeds "
+              "alone (pp) | paired t p over backbones (Holm) | TOST ±0.5 pp p |", "|" + "---|" * (len(backbones) + 6),
               f"| {REFERENCE} | " + " | ".join(pp(arm_mean(b, REFERENCE, TEST_MACRO_F1)) for b in backbones)
-              + " | reference | | | |"]
+              + " | reference | | | | |"]
     for loss, p_holm in zip(arms, adjusted):
         t = tests[loss]
         lines.append(f"| {loss} | " + " | ".join(pp(arm_mean(b, loss, TEST_MACRO_F1)) for b in backbones)
                      + f" | {', '.join(f'{100 * d:+.2f}' for d in deltas[loss])} | {100 * t.mean_diff:+.2f} | "
-                     f"{fmt(t.t_p)} ({fmt(p_holm)}) | {fmt(t.tost_p)} |")
+                     + " / ".join(pp(x) for x in delta_spread(backbones, loss))
+                     + f" | {fmt(t.t_p)} ({fmt(p_holm)}) | {fmt(t.tost_p)} |")
     between, within = reference_spread(backbones)
     runs = [m[TEST_MACRO_F1] for b in backbones for m in b["arms"][REFERENCE].values()]
     lines += ["", f"{REFERENCE} test macro-F1: {pp(min(runs))}-{pp(max(runs))} over its {len(runs)} runs; "
