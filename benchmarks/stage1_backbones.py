@@ -8,10 +8,13 @@ default ablation (5 losses x 3 seeds) on each backbone through the real
 then treats the backbone as the unit: per backbone, the mean over its seeds of each
 arm's paired difference from ``baseline``; across backbones, the paired tests of
 those means (Holm over the arms). It also splits the spread of ``baseline``'s test
-macro-F1 into the part between backbones and the part between seeds of one backbone.
+macro-F1 into the part between backbones and the part between seeds of one backbone,
+and tests each arm for an effect that depends on the backbone (the spread of its
+per-backbone differences against the spread the seeds' noise alone gives them).
 Validation picks every winner; test figures are what is reported.
 
-    python benchmarks/stage1_backbones.py [--work DIR] [--stage1-seeds 42,43,44] [--data DIR]
+    python benchmarks/stage1_backbones.py [--work DIR] [--stage1-seeds 42,43,44] [--data DIR] [--preset cpu]
+    python benchmarks/stage1_backbones.py --work DIR --report-only   # the tables again, from DIR's runs
 
 Takes about 25 minutes on 2 cores. Backbone seed 42 is the default ablation's, so its
 rows reproduce the published single-split results on the same host.
@@ -32,10 +35,14 @@ import numpy as np
 # this checkout's package, whatever an editable install elsewhere points at
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scipy import stats  # noqa: E402
+
 from av1_ablation.comparison.statistics import holm, paired_seed_tests  # noqa: E402
 from av1_ablation.record.contract import (  # noqa: E402
-    BEST_EPOCH, BEST_VAL, BEST_VAL_MACRO_F1, KIND_ABLATION, KIND_STAGE1, KIND_STAGE2, LOSS_TYPE_PARAM,
-    ROC_AUC, SEED_PARAM, STAGE1_RUN_TAG, TEST, TEST_MACRO_F1, cfg_param, children_clause, kind_clause)
+    BEST_EPOCH, BEST_VAL, BEST_VAL_MACRO_F1, KIND_ABLATION, KIND_COMPARE, KIND_STAGE1, KIND_STAGE2,
+    LOSS_TYPE_PARAM, ROC_AUC, SEED_PARAM, STAGE1_RUN_TAG, TEST, TEST_MACRO_F1, VERDICT_TAG, cfg_param,
+    children_clause, kind_clause)
+from av1_ablation.training.config import STAGE1_PRESETS, STAGE2_PRESETS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = "baseline"
@@ -52,6 +59,8 @@ def av1_ablation(work: Path, log_name: str, *args: str) -> float:
 
 
 def newest(client, experiment: str, clause: str):
+    """The newest run of ``experiment`` that matches ``clause`` (the one a command just made:
+    this script runs them one at a time)."""
     runs = client.search_runs([experiment], clause, order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         raise SystemExit(f"error: no run matches {clause!r} in experiment {experiment}")
@@ -74,8 +83,8 @@ def run_backbone(work: Path, experiment: str, seed: int, preset: str, data: str 
     print(f"backbone {seed}: ablation {parent.info.run_id} in {seconds:.0f} s", flush=True)
     out = work / f"compare_{seed}"
     av1_ablation(work, f"compare_{seed}.log", "compare", "--parent", parent.info.run_id, "--out", str(out))
-    return {"seed": seed, "stage1": stage1.info.run_id, "parent": parent.info.run_id,
-            "verdict": json.loads((out / "summary.json").read_text())["groups"][0]["verdict"],
+    verdict = newest(client, experiment, kind_clause(KIND_COMPARE)).data.tags.get(VERDICT_TAG, "(none)")
+    return {"seed": seed, "stage1": stage1.info.run_id, "parent": parent.info.run_id, "verdict": verdict,
             "seconds": time.perf_counter() - t0}
 
 
@@ -101,11 +110,14 @@ def collect(experiment: str, backbones: list[dict]) -> None:
 
 
 def pp(x: float) -> str:
-    return f"{100 * x:.2f}"
+    """A fraction as percent (or percentage points), "n/a" where there is nothing to show."""
+    return "n/a" if np.isnan(x) else f"{100 * x:.2f}"
 
 
 def arm_mean(backbone: dict, loss: str, key: str) -> float:
-    return float(np.mean([m[key] for m in backbone["arms"][loss].values()]))
+    """The mean of ``key`` over the finished runs of ``loss`` on ``backbone`` (NaN if none)."""
+    runs = backbone["arms"].get(loss, {})
+    return float(np.mean([m[key] for m in runs.values()])) if runs else float("nan")
 
 
 def seed_deltas(backbones: list[dict], loss: str, key: str = TEST_MACRO_F1) -> list[np.ndarray]:
@@ -124,64 +136,92 @@ def backbone_deltas(backbones: list[dict], loss: str, key: str = TEST_MACRO_F1) 
     return np.array([d.mean() if len(d) else np.nan for d in seed_deltas(backbones, loss, key)])
 
 
-def delta_spread(backbones: list[dict], loss: str, key: str = TEST_MACRO_F1) -> tuple[float, float]:
-    """The sd of the per-backbone mean differences, and the sd those means would have from
-    the seeds' noise alone (the per-seed differences' sd within a backbone, pooled, over
-    the square root of the seeds per backbone): the first well above the second means
-    the loss's effect depends on the backbone."""
+def backbone_means(backbones: list[dict], loss: str, key: str = TEST_MACRO_F1) -> tuple[np.ndarray, np.ndarray]:
+    """``loss``'s and the reference arm's means over the seeds they share, on each backbone
+    where they share one: the paired samples of the tests over backbones (their
+    differences are :func:`backbone_deltas`)."""
+    pairs = []
+    for b in backbones:
+        arm, ref = b["arms"].get(loss, {}), b["arms"].get(REFERENCE, {})
+        shared = sorted(set(arm) & set(ref))
+        if shared:
+            pairs.append((np.mean([arm[s][key] for s in shared]), np.mean([ref[s][key] for s in shared])))
+    return np.array([a for a, _ in pairs]), np.array([r for _, r in pairs])
+
+
+def backbone_interaction(backbones: list[dict], loss: str, key: str = TEST_MACRO_F1) -> tuple[float, float, float]:
+    """Does ``loss``'s difference from the reference depend on the backbone?
+
+    Returns
+    -------
+    between : float
+        The sd of the per-backbone mean differences.
+    from_seeds : float
+        The sd those means would have from the seeds' noise alone: the per-seed
+        differences' sd within a backbone (pooled over backbones) times sqrt(mean 1/n).
+    pvalue : float
+        The F-test of (between / from_seeds)^2 on (backbones - 1, pooled) degrees of freedom:
+        small when the backbones disagree by more than their seeds explain (exact with
+        equal seeds per backbone). NaN where either sd is undefined or both are 0.
+    """
     per_seed = [d for d in seed_deltas(backbones, loss, key) if len(d)]
     between = float(np.std([d.mean() for d in per_seed], ddof=1)) if len(per_seed) > 1 else float("nan")
     dof = sum(len(d) - 1 for d in per_seed)
-    if not dof:
-        return between, float("nan")
+    if not dof or np.isnan(between):
+        return between, float("nan"), float("nan")
     pooled = sum(((d - d.mean()) ** 2).sum() for d in per_seed) / dof
-    return between, float(np.sqrt(pooled * np.mean([1 / len(d) for d in per_seed])))
+    from_seeds = float(np.sqrt(pooled * np.mean([1 / len(d) for d in per_seed])))
+    if from_seeds == 0:
+        return between, from_seeds, float("nan") if between == 0 else 0.0
+    return between, from_seeds, float(stats.f.sf((between / from_seeds) ** 2, len(per_seed) - 1, dof))
 
 
 def reference_spread(backbones: list[dict], key: str = TEST_MACRO_F1) -> tuple[float, float]:
     """The reference arm's spread: the sd of its backbone means and the sd between the
     seeds of one backbone (variances pooled over backbones, weighted by their degrees of
-    freedom)."""
-    scores = [np.array([m[key] for m in b["arms"][REFERENCE].values()]) for b in backbones]
-    between = float(np.std([x.mean() for x in scores], ddof=1))
+    freedom). Backbones without a reference run are left out."""
+    scores = [np.array([m[key] for m in b["arms"][REFERENCE].values()])
+              for b in backbones if b["arms"].get(REFERENCE)]
+    between = float(np.std([x.mean() for x in scores], ddof=1)) if len(scores) > 1 else float("nan")
     dof = sum(len(x) - 1 for x in scores)
     within = float(np.sqrt(sum(((x - x.mean()) ** 2).sum() for x in scores) / dof)) if dof else float("nan")
     return between, within
 
 
 def report(backbones: list[dict]) -> str:
+    """The tables and lines this script prints, from the collected backbones."""
+    fmt = lambda p: "n/a" if p is None or np.isnan(p) else f"{p:.3g}"  # noqa: E731
     lines = ["| Stage-1 seed | selected epoch | val ROC AUC | test ROC AUC | validation winner | "
              f"{REFERENCE} test macro-F1 | winner test macro-F1 |", "|" + "---|" * 7]
     for b in backbones:
         m = b["stage1_metrics"]
-        b["winner"] = max(b["arms"], key=lambda loss: arm_mean(b, loss, BEST_VAL_MACRO_F1))
+        b["winner"] = max(b["arms"], key=lambda loss: arm_mean(b, loss, BEST_VAL_MACRO_F1), default="none")
         lines.append(f"| {b['seed']} | {m[BEST_EPOCH]:.0f} | {m[BEST_VAL + ROC_AUC]:.4f} | "
                      f"{m[TEST + ROC_AUC]:.4f} | {b['winner']} | {pp(arm_mean(b, REFERENCE, TEST_MACRO_F1))} | "
                      f"{pp(arm_mean(b, b['winner'], TEST_MACRO_F1))} |")
     arms = sorted({loss for b in backbones for loss in b["arms"]} - {REFERENCE})
-    deltas = {loss: backbone_deltas(backbones, loss) for loss in arms}
-    tests = {loss: paired_seed_tests(d[~np.isnan(d)], np.zeros((~np.isnan(d)).sum()), min_seeds=2)
-             for loss, d in deltas.items()}
+    tests = {loss: paired_seed_tests(*backbone_means(backbones, loss), min_seeds=2) for loss in arms}
     _, adjusted = holm([tests[loss].t_p for loss in arms], missing="one")
-    fmt = lambda p: "n/a" if p is None else f"{p:.3g}"  # noqa: E731
     columns = " | ".join(f"backbone {b['seed']}" for b in backbones)
     lines += ["", f"Test macro-F1 (%), mean over each backbone's seeds; Δ: paired with {REFERENCE} by seed "
               "within a backbone, averaged per backbone, then tested over backbones", "",
               f"| loss | {columns} | Δ per backbone (pp) | mean Δ (pp) | sd of Δ over backbones / from seeds "
-              "alone (pp) | paired t p over backbones (Holm) | TOST ±0.5 pp p |", "|" + "---|" * (len(backbones) + 6),
+              "alone (pp), F-test p | paired t p over backbones (Holm) | TOST ±0.5 pp p |",
+              "|" + "---|" * (len(backbones) + 6),
               f"| {REFERENCE} | " + " | ".join(pp(arm_mean(b, REFERENCE, TEST_MACRO_F1)) for b in backbones)
               + " | reference | | | | |"]
     for loss, p_holm in zip(arms, adjusted):
         t = tests[loss]
+        between, from_seeds, interaction_p = backbone_interaction(backbones, loss)
         lines.append(f"| {loss} | " + " | ".join(pp(arm_mean(b, loss, TEST_MACRO_F1)) for b in backbones)
-                     + f" | {', '.join(f'{100 * d:+.2f}' for d in deltas[loss])} | {100 * t.mean_diff:+.2f} | "
-                     + " / ".join(pp(x) for x in delta_spread(backbones, loss))
-                     + f" | {fmt(t.t_p)} ({fmt(p_holm)}) | {fmt(t.tost_p)} |")
+                     + f" | {', '.join('n/a' if np.isnan(d) else f'{100 * d:+.2f}' for d in backbone_deltas(backbones, loss))}"
+                     f" | {100 * t.mean_diff:+.2f} | {pp(between)} / {pp(from_seeds)}, p {fmt(interaction_p)}"
+                     f" | {fmt(t.t_p)} ({fmt(p_holm)}) | {fmt(t.tost_p)} |")
     between, within = reference_spread(backbones)
-    runs = [m[TEST_MACRO_F1] for b in backbones for m in b["arms"][REFERENCE].values()]
-    lines += ["", f"{REFERENCE} test macro-F1: {pp(min(runs))}-{pp(max(runs))} over its {len(runs)} runs; "
-              f"sd of the {len(backbones)} backbone means {pp(between)} pp, sd between the seeds of one "
-              f"backbone {pp(within)} pp (pooled)",
+    runs = [m[TEST_MACRO_F1] for b in backbones for m in b["arms"].get(REFERENCE, {}).values()]
+    lines += ["", f"{REFERENCE} test macro-F1: {pp(min(runs, default=np.nan))}-{pp(max(runs, default=np.nan))} "
+              f"over its {len(runs)} runs; sd of the {len(backbones)} backbone means {pp(between)} pp, sd between "
+              f"the seeds of one backbone {pp(within)} pp (pooled)",
               "validation winner per backbone: " + ", ".join(f"{b['seed']}: {b['winner']}" for b in backbones), ""]
     lines += [f"backbone {b['seed']}, compare's verdict: {b['verdict']}" for b in backbones]
     lines += ["", "wall time per backbone (Stage 1 + ablation + compare): "
@@ -194,9 +234,11 @@ def main() -> int:
     parser.add_argument("--work", help="work directory (default: a new temporary one)")
     parser.add_argument("--stage1-seeds", default="42,43,44", help="one Stage-1 backbone per seed")
     parser.add_argument("--data", help="data set (default: the embedded one, built on first use)")
-    parser.add_argument("--preset", default="cpu", help="preset of both stages (smoke: a quick check of this script)")
+    parser.add_argument("--preset", default="cpu", choices=sorted(set(STAGE1_PRESETS) & set(STAGE2_PRESETS)),
+                        help="preset of both stages (smoke: a quick check of this script)")
     parser.add_argument("--report-only", action="store_true",
-                        help=f"only report the runs of an earlier --work DIR (its {RUNS_FILE})")
+                        help=f"only report the runs of an earlier --work DIR (its {RUNS_FILE}; the seeds, "
+                        "data and preset are the ones that run used)")
     args = parser.parse_args()
     try:
         seeds = [int(s) for s in args.stage1_seeds.split(",")]

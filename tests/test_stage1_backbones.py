@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from av1_ablation.comparison.statistics import paired_seed_tests
 from av1_ablation.record.contract import BEST_EPOCH, BEST_VAL, BEST_VAL_MACRO_F1, ROC_AUC, TEST, TEST_MACRO_F1
@@ -43,23 +44,25 @@ def test_differences_are_paired_by_seed_within_each_backbone(script):
     assert np.isnan(d[1])
 
 
-def test_delta_spread_sets_the_backbones_against_the_seeds_noise(script):
-    # poly - baseline per seed: backbone 42 [0.01, 0.03] (mean 0.02), backbone 43 [0.02, 0.06]
-    # (mean 0.04); within a backbone the differences vary by 0.01 and 0.02 around their means
+def test_interaction_sets_the_backbones_against_the_seeds_noise(script):
+    # poly - baseline per seed: backbone 42 [0.01, 0.03] (mean 0.02, 1 degree of freedom),
+    # backbone 43 [0.02, 0.06, 0.04] (mean 0.04, 2 degrees of freedom)
     backbones = [backbone(42, {"baseline": {1: 0.40, 2: 0.40}, "poly": {1: 0.41, 2: 0.43}}),
-                 backbone(43, {"baseline": {1: 0.50, 2: 0.50}, "poly": {1: 0.52, 2: 0.56}})]
-    between, from_seeds = script.delta_spread(backbones, "poly")
+                 backbone(43, {"baseline": {1: 0.50, 2: 0.50, 3: 0.50}, "poly": {1: 0.52, 2: 0.56, 3: 0.54}})]
+    between, from_seeds, p = script.backbone_interaction(backbones, "poly")
     assert between == pytest.approx(np.std([0.02, 0.04], ddof=1))
-    pooled = (2 * 0.01 ** 2 + 2 * 0.02 ** 2) / 2  # 2 degrees of freedom
-    assert from_seeds == pytest.approx(np.sqrt(pooled / 2))  # the sd of a mean of 2 seeds
+    pooled = (2 * 0.01 ** 2 + 2 * 0.02 ** 2) / 3  # squares about each backbone's mean, over 1 + 2 dof
+    assert from_seeds == pytest.approx(np.sqrt(pooled * (1 / 2 + 1 / 3) / 2))  # a mean of 2 or of 3 seeds
+    assert p == pytest.approx(stats.f.sf((between / from_seeds) ** 2, 1, 3))
 
 
 def test_reference_spread_separates_backbones_from_seeds(script):
-    backbones = [backbone(42, {"baseline": {42: 0.40, 43: 0.42, 44: 0.44}}),
-                 backbone(43, {"baseline": {42: 0.50, 43: 0.52, 44: 0.54}})]
+    backbones = [backbone(42, {"baseline": {42: 0.40, 43: 0.44}}),
+                 backbone(43, {"baseline": {42: 0.50, 43: 0.52, 44: 0.54}}),
+                 backbone(44, {"poly": {42: 0.50}})]  # no reference run: left out
     between, within = script.reference_spread(backbones)
     assert between == pytest.approx(np.std([0.42, 0.52], ddof=1))
-    assert within == pytest.approx(0.02)
+    assert within == pytest.approx(np.sqrt((2 * 0.02 ** 2 + 2 * 0.02 ** 2) / 3))
 
 
 def test_report_tests_the_backbone_means(script):
@@ -68,9 +71,13 @@ def test_report_tests_the_backbone_means(script):
                               "poly": {s: 0.40 + 0.01 * i + lead for i, s in enumerate(seeds)}},
                           val={"baseline": 0.5, "poly": 0.6 if b == 43 else 0.4})
                  for b, lead in zip((42, 43, 44), (0.01, 0.02, 0.04))]
+    backbones[0]["arms"]["asymmetric"] = {42: {TEST_MACRO_F1: 0.45, BEST_VAL_MACRO_F1: 0.3}}  # one backbone only
     text = script.report(backbones)
-    expected = paired_seed_tests([0.01, 0.02, 0.04], [0.0, 0.0, 0.0], min_seeds=2)
+    expected = paired_seed_tests([0.41, 0.43, 0.45], [0.40, 0.41, 0.41], min_seeds=2)
     row = next(line for line in text.splitlines() if line.startswith("| poly |"))
-    assert "| +1.00, +2.00, +4.00 | +2.33 | 1.53 / 0.00 |" in row  # the same lead on every seed
-    assert f"{expected.t_p:.3g} ({expected.t_p:.3g})" in row  # one arm: Holm leaves its p as it is
+    assert "| +1.00, +2.00, +4.00 | +2.33 | 1.53 / 0.00, p 0 |" in row  # the same lead on every seed
+    # asymmetric cannot be tested over one backbone, but stays in Holm's family of two
+    assert f"| {expected.t_p:.3g} ({min(1, 2 * expected.t_p):.3g}) | {expected.tost_p:.3g} |" in row
+    assert next(line for line in text.splitlines() if line.startswith("| asymmetric |")) == (
+        "| asymmetric | 45.00 | n/a | n/a | +5.00, n/a, n/a | +5.00 | n/a / n/a, p n/a | n/a (n/a) | n/a |")
     assert "validation winner per backbone: 42: baseline, 43: poly, 44: baseline" in text
