@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every measured figure of README.md and docs/, one script after the other on a quiet
-# machine (about 2 hours and a quarter on 2 cores; the extended data set needs `make extended-packages`). Each script's output goes to OUTDIR/<name>.out;
+# machine (about 3 hours on 2 cores; the extended data set needs `make extended-packages`). Each script's output goes to OUTDIR/<name>.out;
 # copy the figures from there, and name the commit printed first beside them
 # (tests/test_readme_results.py fails when av1_ablation/ has changed since that commit).
 #
@@ -41,3 +41,4 @@ run qp_input_choice python benchmarks/qp_input_choice.py --work "$out/qpc"
 run stage1_backbones python benchmarks/stage1_backbones.py --work "$out/sb"
 run model_variants python benchmarks/model_variants.py --work "$out/mv"
 run extended bash benchmarks/extended.sh "$out/ext"
+run stage1_backbones_extended python benchmarks/stage1_backbones.py --data "$out/ext/data/extended" --work "$out/sbx"
