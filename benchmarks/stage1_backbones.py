@@ -120,13 +120,16 @@ def arm_mean(backbone: dict, loss: str, key: str) -> float:
     return float(np.mean([m[key] for m in runs.values()])) if runs else float("nan")
 
 
+def paired_runs(backbone: dict, loss: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """``key`` of ``loss`` and of the reference arm on each seed both have on ``backbone``."""
+    arm, ref = backbone["arms"].get(loss, {}), backbone["arms"].get(REFERENCE, {})
+    shared = sorted(set(arm) & set(ref))
+    return np.array([arm[s][key] for s in shared]), np.array([ref[s][key] for s in shared])
+
+
 def seed_deltas(backbones: list[dict], loss: str, key: str = TEST_MACRO_F1) -> list[np.ndarray]:
     """Per backbone, ``loss`` minus the reference arm on each seed both have."""
-    out = []
-    for b in backbones:
-        arm, ref = b["arms"].get(loss, {}), b["arms"].get(REFERENCE, {})
-        out.append(np.array([arm[s][key] - ref[s][key] for s in sorted(set(arm) & set(ref))]))
-    return out
+    return [a - r for a, r in (paired_runs(b, loss, key) for b in backbones)]
 
 
 def backbone_deltas(backbones: list[dict], loss: str, key: str = TEST_MACRO_F1) -> np.ndarray:
@@ -140,13 +143,18 @@ def backbone_means(backbones: list[dict], loss: str, key: str = TEST_MACRO_F1) -
     """``loss``'s and the reference arm's means over the seeds they share, on each backbone
     where they share one: the paired samples of the tests over backbones (their
     differences are :func:`backbone_deltas`)."""
-    pairs = []
-    for b in backbones:
-        arm, ref = b["arms"].get(loss, {}), b["arms"].get(REFERENCE, {})
-        shared = sorted(set(arm) & set(ref))
-        if shared:
-            pairs.append((np.mean([arm[s][key] for s in shared]), np.mean([ref[s][key] for s in shared])))
+    pairs = [(a.mean(), r.mean()) for a, r in (paired_runs(b, loss, key) for b in backbones) if len(a)]
     return np.array([a for a, _ in pairs]), np.array([r for _, r in pairs])
+
+
+def between_and_within(groups: list[np.ndarray]) -> tuple[float, float, int]:
+    """The sd of the groups' means, the sd within a group (variances pooled over the
+    groups, weighted by their degrees of freedom) and those degrees of freedom; NaN where
+    an sd is undefined (fewer than two groups, no group of two)."""
+    between = float(np.std([x.mean() for x in groups], ddof=1)) if len(groups) > 1 else float("nan")
+    dof = sum(len(x) - 1 for x in groups)
+    within = float(np.sqrt(sum(((x - x.mean()) ** 2).sum() for x in groups) / dof)) if dof else float("nan")
+    return between, within, dof
 
 
 def backbone_interaction(backbones: list[dict], loss: str, key: str = TEST_MACRO_F1) -> tuple[float, float, float]:
@@ -165,12 +173,10 @@ def backbone_interaction(backbones: list[dict], loss: str, key: str = TEST_MACRO
         equal seeds per backbone). NaN where either sd is undefined or both are 0.
     """
     per_seed = [d for d in seed_deltas(backbones, loss, key) if len(d)]
-    between = float(np.std([d.mean() for d in per_seed], ddof=1)) if len(per_seed) > 1 else float("nan")
-    dof = sum(len(d) - 1 for d in per_seed)
+    between, within, dof = between_and_within(per_seed)
     if not dof or np.isnan(between):
         return between, float("nan"), float("nan")
-    pooled = sum(((d - d.mean()) ** 2).sum() for d in per_seed) / dof
-    from_seeds = float(np.sqrt(pooled * np.mean([1 / len(d) for d in per_seed])))
+    from_seeds = float(within * np.sqrt(np.mean([1 / len(d) for d in per_seed])))
     if from_seeds == 0:
         return between, from_seeds, float("nan") if between == 0 else 0.0
     return between, from_seeds, float(stats.f.sf((between / from_seeds) ** 2, len(per_seed) - 1, dof))
@@ -178,13 +184,10 @@ def backbone_interaction(backbones: list[dict], loss: str, key: str = TEST_MACRO
 
 def reference_spread(backbones: list[dict], key: str = TEST_MACRO_F1) -> tuple[float, float]:
     """The reference arm's spread: the sd of its backbone means and the sd between the
-    seeds of one backbone (variances pooled over backbones, weighted by their degrees of
-    freedom). Backbones without a reference run are left out."""
-    scores = [np.array([m[key] for m in b["arms"][REFERENCE].values()])
-              for b in backbones if b["arms"].get(REFERENCE)]
-    between = float(np.std([x.mean() for x in scores], ddof=1)) if len(scores) > 1 else float("nan")
-    dof = sum(len(x) - 1 for x in scores)
-    within = float(np.sqrt(sum(((x - x.mean()) ** 2).sum() for x in scores) / dof)) if dof else float("nan")
+    seeds of one backbone (pooled, see :func:`between_and_within`). Backbones without a
+    reference run are left out."""
+    between, within, _ = between_and_within([np.array([m[key] for m in b["arms"][REFERENCE].values()])
+                                             for b in backbones if b["arms"].get(REFERENCE)])
     return between, within
 
 
