@@ -1,5 +1,5 @@
-"""The README's measured figures name the commit they were measured at, and the package
-has not changed since: a code change cannot ship with stale results."""
+"""The measured figures of the README and docs/ name the commit they were measured at, and
+the package has not changed since: a code change cannot ship with stale results."""
 from __future__ import annotations
 
 import re
@@ -19,13 +19,17 @@ def _git(*args: str) -> subprocess.CompletedProcess:
 def test_readme_figures_come_from_the_shipped_package():
     if _git("rev-parse", "--git-dir").returncode != 0:
         pytest.fail("the README check needs the project's git history (a clone, not an export)")
-    commits = set(MEASURED_AT.findall((REPO / "README.md").read_text()))
-    assert commits, "the README's measured figures must name the commit they were measured at"
-    for commit in sorted(commits):
+    named = {}  # commit -> the first document naming it
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for commit in MEASURED_AT.findall(doc.read_text()):
+            named.setdefault(commit, doc.relative_to(REPO))
+    assert any(str(doc) == "README.md" for doc in named.values()), (
+        "the README's measured figures must name the commit they were measured at")
+    for commit, doc in sorted(named.items()):
         known = _git("cat-file", "-e", f"{commit}^{{commit}}")
-        assert known.returncode == 0, f"README names commit {commit}, which this clone does not have"
+        assert known.returncode == 0, f"{doc} names commit {commit}, which this clone does not have"
         diff = _git("diff", "--stat", commit, "HEAD", "--", "av1_ablation")
         assert diff.returncode == 0, diff.stderr
         assert not diff.stdout.strip(), (
-            f"av1_ablation/ changed since commit {commit}, where the README's figures were measured; "
-            f"re-run the scripts named beside them and update the README:\n{diff.stdout}")
+            f"av1_ablation/ changed since commit {commit}, where figures of {doc} were measured; "
+            f"re-run the scripts named beside them and update {doc}:\n{diff.stdout}")
