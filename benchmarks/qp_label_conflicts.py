@@ -20,6 +20,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def label_conflicts(blocks: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[int, int]:
+    """Distinct pixel blocks among ``blocks`` (one row per Stage-2 block, any shape after the
+    first axis) and how many of them carry two or more of the labels ``y``."""
+    _, group = np.unique(blocks.reshape(len(blocks), -1), axis=0, return_inverse=True)
+    group = group.ravel()
+    n_groups = int(group.max()) + 1
+    # distinct (pixel block, label) pairs; a block with two or more of them has a QP-dependent label
+    labels_per_group = np.bincount(np.unique(group * n_classes + y) // n_classes, minlength=n_groups)
+    return n_groups, int(np.sum(labels_per_group > 1))
+
+
 def main() -> int:
     from av1_ablation.dataset import ensure_dataset, load_store, make_split
     from av1_ablation.dataset.partitions import STAGE2_NAMES, to_stage2
@@ -32,13 +43,7 @@ def main() -> int:
     idx = np.asarray(getattr(make_split(store, mode="source", seed=0), args.split))
     y = to_stage2(store.labels[idx])
     idx, y = idx[y >= 0], y[y >= 0]
-    _, group = np.unique(store.blocks[idx].reshape(len(idx), -1), axis=0, return_inverse=True)
-    group = group.ravel()
-    n_groups = int(group.max()) + 1
-    # distinct (pixel block, label) pairs; a block with two or more of them has a QP-dependent label
-    labels_per_group = np.bincount(np.unique(group * len(STAGE2_NAMES) + y) // len(STAGE2_NAMES),
-                                   minlength=n_groups)
-    conflicting = int(np.sum(labels_per_group > 1))
+    n_groups, conflicting = label_conflicts(store.blocks[idx], y, len(STAGE2_NAMES))
     print(f"{args.split} split of {store.path}: {len(idx)} Stage-2 blocks, {n_groups} "
           f"distinct pixel blocks, {conflicting} of them with different labels at different QPs")
     q = store.qindex[idx]
