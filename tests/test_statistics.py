@@ -120,6 +120,19 @@ def test_bootstrap_matches_a_plain_resampling_loop():
     # The chunked draw of (r, n) indices consumes the stream row by row, like the loop.
     assert r.ci_low == pytest.approx(np.quantile(deltas, 0.025))
     assert r.ci_high == pytest.approx(np.quantile(deltas, 0.975))
+    # Berg-Kirkpatrick et al.'s p: the bootstrap distribution shifted to the null
+    deltas = np.array(deltas)
+    assert r.pvalue == pytest.approx((1 + np.sum(deltas - r.delta >= r.delta)) / (1 + n_res))
+
+
+def test_bootstrap_p_of_a_worse_arm_is_at_least_about_half():
+    """The p is one-sided ("A is not better than B"): swapping a clearly better arm to B must
+    give a large p, not the same small one."""
+    y, a, b = _two_models(seed=1, n=300)
+    better = paired_bootstrap(y, a, b, n_resamples=500, random_state=3)
+    worse = paired_bootstrap(y, b, a, n_resamples=500, random_state=3)
+    assert worse.delta == pytest.approx(-better.delta) and better.delta > 0
+    assert better.pvalue < 0.05 and worse.pvalue > 0.5
 
 
 def test_bootstrap_identical_models_are_not_significant():
