@@ -192,3 +192,113 @@ def test_a_refused_ablation_split_ends_the_pending_run(tiny_dataset_two_qps, tra
     run = client().get_run(pending)
     assert run.info.status == "FAILED"
     assert run.data.tags["av1.failure_reason"] in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- augmentation and sampling
+def test_cached_prefix_with_per_block_variants_equals_the_whole_network():
+    """The default training path reads ``cache[variants, idx]``: each block's prefix under its
+    own dihedral variant must give the logits of the whole network on that transformed block,
+    in train mode (adapter BatchNorm on batch statistics, head dropout), with repeated indices
+    as the balanced sampler draws them."""
+    from av1_ablation.models import Stage2Model
+    from av1_ablation.training.prefix import PrefixCache, WholeNetwork
+    from av1_ablation.training.tensors import DeviceBlocks
+
+    torch.manual_seed(0)
+    model = Stage2Model(width=0.125, qp_input="concat")
+    for adapter in model.adapters.values():  # untrained adapters are the identity: make them act
+        torch.nn.init.normal_(adapter.up.weight, std=0.5)
+    rng = np.random.default_rng(0)
+    n = 24
+    splits = {"train": DeviceBlocks(rng.integers(0, 1024, (n, 16, 16)), rng.integers(0, 3, n),
+                                    torch.device("cpu"), qindex=rng.choice([80, 128, 220], n))}
+    cache = PrefixCache(model, splits, augment=True, batch_size=5)  # chunks of 5 in the cache
+    whole = WholeNetwork(model, splits, batch_size=5)
+    assert cache.features["train"].shape[0] == 8
+    gen = torch.Generator().manual_seed(3)
+    idx = torch.randint(0, n, (16,), generator=gen)
+    variants = torch.randperm(16, generator=gen) % 8  # every variant twice, in random places
+    assert len(set(idx.tolist())) < 16  # repeated blocks too
+    model.train()
+    with torch.no_grad():
+        torch.manual_seed(7)  # the same dropout draws on both paths
+        cached = cache.train_logits(idx, variants)
+        torch.manual_seed(7)
+        direct = whole.train_logits(idx, variants)
+        torch.manual_seed(7)
+        identity = whole.train_logits(idx, torch.zeros_like(variants))
+    torch.testing.assert_close(cached, direct, rtol=1.3e-6, atol=1e-6)
+    assert not torch.allclose(cached, identity, atol=1e-3)  # the variants do change the logits
+
+
+def test_dihedral_variants_are_the_rotations_then_the_reflections_of_the_square():
+    """``dihedral`` must give exactly the 8 symmetries of the square (built here from
+    torch.rot90 of the block and of its transpose): 0 is the identity (the cache's slot 0,
+    read when augmentation is off), 0..3 the rotations, 4..7 the transposed ones, as its
+    docstring says."""
+    from av1_ablation.training.tensors import N_DIHEDRAL, dihedral
+
+    x = torch.arange(2 * 5 * 5, dtype=torch.float32).reshape(2, 1, 5, 5)  # batch, channel, H, W
+
+    def key(t):
+        return tuple(t.flatten().tolist())
+
+    rotations = {key(torch.rot90(x, k, dims=(-2, -1))) for k in range(4)}
+    reflections = {key(torch.rot90(x.transpose(-1, -2), k, dims=(-2, -1))) for k in range(4)}
+    assert len(rotations | reflections) == 8  # the group of the square, built independently
+    images = [dihedral(x, v) for v in range(N_DIHEDRAL)]
+    assert N_DIHEDRAL == 8 and all(im.shape == x.shape for im in images)
+    assert torch.equal(images[0], x)
+    assert {key(im) for im in images[:4]} == rotations
+    assert {key(im) for im in images[4:]} == reflections
+
+
+def test_balanced_sampler_draws_each_class_equally_often_from_skewed_targets():
+    """``sampler="balanced"`` must undo an 80/15/5 imbalance: each class about 1/3 of the
+    draws (within 5 binomial sd), reproducibly for one generator seed; ``none`` is a
+    permutation of every block."""
+    from av1_ablation.training.tensors import epoch_order
+
+    n = 20_000
+    targets = torch.cat([torch.full((16_000,), 0), torch.full((3_000,), 1), torch.full((1_000,), 2)])
+    targets = targets[torch.randperm(n, generator=torch.Generator().manual_seed(0))]
+    order = epoch_order(targets, "balanced", torch.Generator().manual_seed(1))
+    assert order.shape == (n,) and order.dtype == torch.int64
+    assert int(order.min()) >= 0 and int(order.max()) < n
+    freq = torch.bincount(targets[order], minlength=3).double() / n
+    sd = (1 / 3 * 2 / 3 / n) ** 0.5
+    assert torch.all((freq - 1 / 3).abs() < 5 * sd), freq
+    assert torch.equal(order, epoch_order(targets, "balanced", torch.Generator().manual_seed(1)))
+
+    plain = epoch_order(targets, "none", torch.Generator().manual_seed(1))
+    assert torch.equal(torch.sort(plain).values, torch.arange(n))
+    assert not torch.equal(plain, torch.arange(n))  # shuffled, not the stored order
+
+
+def test_stage_targets_of_every_partition_id_follow_the_libaom_types():
+    """The full lookup, against libaom's PARTITION_TYPE ids written out here: Stage 1 is NONE vs
+    the rest; Stage 2 is SPLIT / RECT (HORZ, VERT) / AB (HORZ_A/B, VERT_A/B), with -1 for NONE
+    and the 1:4 types. A transpose (augmentation variants 4..7) keeps both targets."""
+    from av1_ablation.dataset.partitions import Partition, to_stage1, to_stage2
+
+    libaom = {"NONE": 0, "HORZ": 1, "VERT": 2, "SPLIT": 3, "HORZ_A": 4, "HORZ_B": 5,
+              "VERT_A": 6, "VERT_B": 7, "HORZ_4": 8, "VERT_4": 9}
+    assert {p.name: int(p) for p in Partition} == libaom
+    split, rect, ab, none = 0, 1, 2, -1
+    stage2 = {"NONE": none, "HORZ": rect, "VERT": rect, "SPLIT": split, "HORZ_A": ab, "HORZ_B": ab,
+              "VERT_A": ab, "VERT_B": ab, "HORZ_4": none, "VERT_4": none}
+    ids = np.arange(10)
+    names = [name for name, _ in sorted(libaom.items(), key=lambda kv: kv[1])]
+    assert to_stage2(ids).tolist() == [stage2[name] for name in names]
+    assert to_stage1(ids).tolist() == [0] + [1] * 9
+    assert [int(to_stage2(i)) for i in ids] == to_stage2(ids).tolist()  # scalars look up the same
+    transpose = {"HORZ": "VERT", "VERT": "HORZ", "HORZ_A": "VERT_A", "VERT_A": "HORZ_A",
+                 "HORZ_B": "VERT_B", "VERT_B": "HORZ_B", "HORZ_4": "VERT_4", "VERT_4": "HORZ_4"}
+    swapped = np.array([libaom[transpose.get(name, name)] for name in names])
+    assert to_stage2(swapped).tolist() == to_stage2(ids).tolist()
+    assert to_stage1(swapped).tolist() == to_stage1(ids).tolist()
+    for bad in (-1, 10):
+        with pytest.raises(ValueError, match="partition ids"):
+            to_stage2([bad])
+        with pytest.raises(ValueError, match="partition ids"):
+            to_stage1([bad])
