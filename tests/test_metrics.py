@@ -19,7 +19,10 @@ from av1_ablation.record.metrics import (
     binary_metrics,
     calibration_metrics,
     classification_metrics,
+    f1_threshold,
+    per_qp_metrics,
     reliability_curve,
+    split_metrics,
 )
 
 # Four blocks whose confidences (0.9, 0.6, 0.4, 0.7) sit in distinct 15-bins.
@@ -170,3 +173,89 @@ def test_confusion_figure_has_two_panels_with_class_names(tmp_path):
     assert "0.50" in texts  # AB row: one of two correct
     fig.savefig(tmp_path / "cm.png")
     assert (tmp_path / "cm.png").stat().st_size > 0
+
+
+def _best_f1_thresholds(y, score):
+    """Brute force: F1 of ``score >= t`` for every distinct score t; (best F1, the t reaching it)."""
+    f1 = {t: f1_score(y, (score >= t).astype(int), zero_division=0) for t in np.unique(score)}
+    best = max(f1.values())
+    return best, {t for t, v in f1.items() if v == pytest.approx(best)}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_f1_threshold_is_a_brute_force_f1_maximiser(seed):
+    """Stage 1's test F1 uses this validation cut: it must be a best cut, not merely one in (0, 1)."""
+    # Scores rounded to 0.05 so many blocks share a score and can only be cut together.
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 60)
+    score = np.round(np.clip(0.3 * y + 0.7 * rng.random(60), 0, 1) * 20) / 20
+    best, maximisers = _best_f1_thresholds(y, score)
+    t = f1_threshold(y, score)
+    assert t in maximisers
+    # the threshold is applied as `>=`, as binary_metrics does on test
+    assert binary_metrics(y, score, threshold=t)["f1"] == pytest.approx(best)
+
+
+def test_f1_threshold_edge_cases():
+    """Tied scores, tied F1, one class only: the cases a brute-force search would treat differently."""
+    # Tied scores: the 0.8 pair (one positive, one negative) is cut together; 0.3 keeps both positives.
+    assert f1_threshold([1, 0, 1], [0.8, 0.8, 0.3]) == 0.3
+    # An F1 tie: the top positive alone (2*1/(2+2) = 0.5) or everything (2*3/(6+6) = 0.5);
+    # both maximise F1, intermediate cuts do worse.
+    y = [1, 0, 0, 0, 0, 0, 0, 1, 1]
+    score = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
+    best, maximisers = _best_f1_thresholds(np.array(y), np.array(score))
+    assert best == pytest.approx(0.5) and maximisers == {0.1, 0.9}
+    assert f1_threshold(y, score) in maximisers
+    # Every block partitioned: the lowest score recalls all with precision 1.
+    assert f1_threshold([1, 1, 1], [0.2, 0.7, 0.4]) == 0.2
+    # No partitioned block on validation: F1 is 0 at every cut, so the neutral 0.5 is kept.
+    assert f1_threshold([0, 0, 0], [0.2, 0.7, 0.4]) == 0.5
+
+
+def test_per_qp_metrics_match_sklearn_on_each_qindex_subset():
+    """Per-QP figures must be each qindex's blocks scored alone, not the pooled split."""
+    # Three qindex values of unequal size; at qindex 220 the AB class is absent from both labels.
+    rng = np.random.default_rng(5)
+    qindex = np.repeat([80, 128, 220], [40, 25, 15])
+    y_true = rng.integers(0, 3, 80)
+    y_true[qindex == 220] = rng.integers(0, 2, 15)
+    y_pred = np.where(rng.random(80) < 0.6, y_true, rng.integers(0, 3, 80))
+    y_pred[(qindex == 220) & (y_pred == 2)] = 0
+    m = per_qp_metrics(y_true, y_pred, qindex)
+    assert sorted(m) == [80, 128, 220]
+    for q in (80, 128, 220):
+        sel = qindex == q
+        yt, yp = y_true[sel], y_pred[sel]
+        per_f1 = f1_score(yt, yp, average=None, labels=[0, 1, 2], zero_division=0)
+        assert m[q]["n"] == sel.sum()
+        assert m[q]["macro_f1"] == pytest.approx(f1_score(yt, yp, average="macro", labels=[0, 1, 2],
+                                                          zero_division=0))
+        assert m[q]["accuracy"] == pytest.approx(accuracy_score(yt, yp))
+        for i, key in enumerate(CLASS_KEYS):
+            assert m[q][f"f1_{key}"] == pytest.approx(per_f1[i])
+    assert m[220]["f1_ab"] == 0.0
+
+
+def test_split_metrics_per_qp_keys_hold_the_subset_values():
+    """The logged ``test_q<q>_*`` keys: the arg-max class scored on each qindex's blocks alone."""
+    rng = np.random.default_rng(6)
+    qindex = rng.choice([80, 220], 60, p=[0.7, 0.3])
+    y_true = rng.integers(0, 3, 60)
+    proba = rng.dirichlet([1, 1, 1], size=60)
+    proba[np.arange(60), y_true] += rng.random(60)  # better than chance, still makes mistakes
+    proba /= proba.sum(1, keepdims=True)
+    m = split_metrics(y_true, proba, qindex, prefix="test_")
+    y_pred = np.argmax(proba, axis=1)
+    per_qp_keys = {k for k in m if k.startswith("test_q")}
+    assert per_qp_keys == {f"test_q{q}_{k}" for q in (80, 220)
+                           for k in ("n", "macro_f1", "f1_split", "f1_rect", "f1_ab")}
+    for q in (80, 220):
+        sel = qindex == q
+        assert m[f"test_q{q}_n"] == sel.sum()
+        assert m[f"test_q{q}_macro_f1"] == pytest.approx(
+            f1_score(y_true[sel], y_pred[sel], average="macro", labels=[0, 1, 2], zero_division=0))
+        per_f1 = f1_score(y_true[sel], y_pred[sel], average=None, labels=[0, 1, 2], zero_division=0)
+        for i, key in enumerate(CLASS_KEYS):
+            assert m[f"test_q{q}_f1_{key}"] == pytest.approx(per_f1[i])
+    assert m["test_q80_n"] + m["test_q220_n"] == 60

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -169,11 +170,17 @@ def test_references_and_context_table(tiny_dataset_two_qps, tracking_store, tmp_
     assert main(["compare", "--out", str(out), "--n-resamples", "200", "--min-seeds", "2"]) == 0
     text = capsys.readouterr().out
     assert "Context: reference models" in text and "95% CI (pictures)" in text
-    for name in ("prior", "gbm", "finetune", "baseline", "poly"):
-        assert f"\n{name:>8} " in text or f"\n{name} " in text or f" {name} " in text
     summary = json.loads((out / "summary.json").read_text())
     table = summary["groups"][0]["context"]["table"]
     assert [r["model"] for r in table] == ["prior", "gbm", "finetune", "baseline", "poly"]
+    # the printed context table: one row per model, in order, its kind and its macro-F1 in %
+    # (the names also appear in the comparison table above it, so only these rows count)
+    context_lines = text.split("Context: reference models", 1)[1].splitlines()
+    assert context_lines[1].split()[:3] == ["model", "kind", "runs"]
+    kinds = ["reference"] * 3 + ["loss arm"] * 2
+    for line, r, kind in zip(context_lines[2:7], table, kinds, strict=True):
+        assert re.fullmatch(rf"\s*{r['model']}\s+{kind}\s+1\s+{100 * r['test_macro_f1']:.2f}\s.*", line), line
+    assert context_lines[7] == summary["groups"][0]["context"]["sentence"]
     assert all(r["ci_low"] is None or r["ci_low"] <= r["test_macro_f1"] <= r["ci_high"] for r in table)
     assert "prior" in summary["groups"][0]["context"]["sentence"]
     assert (out / "figures" / "per_qp.png").is_file()
@@ -190,3 +197,136 @@ def test_every_qindex_standardises_into_the_unit_interval():
     with torch.no_grad():
         seen, unseen = model(x, standardise_qindex([80, 80])), model(x, standardise_qindex([3, 3]))
     assert torch.isfinite(unseen).all() and not torch.allclose(seen, unseen)
+
+
+def _statistics_oracle(block):
+    """The 17 documented statistics of one 16x16 10-bit block, written with plain Python loops."""
+    from statistics import fmean, pvariance
+
+    x = [[v / 1023 for v in row] for row in np.asarray(block).tolist()]
+
+    def region(rows, cols):
+        return [x[i][j] for i in rows for j in cols]
+
+    up, down, all16 = range(8), range(8, 16), range(16)
+    q = {"q00": region(up, up), "q01": region(up, down), "q10": region(down, up), "q11": region(down, down)}
+    halves = {"top": region(up, all16), "bottom": region(down, all16),
+              "left": region(all16, up), "right": region(all16, down)}
+    var = {name: pvariance(v) for name, v in {**halves, **q}.items()}
+    q_var = [var[k] for k in q]
+    pixels = region(all16, all16)
+    return {
+        "mean": fmean(pixels), "variance": pvariance(pixels), "range": max(pixels) - min(pixels),
+        **{f"var_{name}": var[name] for name in (*halves, *q)},
+        # neighbour to the right, below, and below-right (the main diagonal)
+        "grad_h": fmean(abs(x[i][j + 1] - x[i][j]) for i in range(16) for j in range(15)),
+        "grad_v": fmean(abs(x[i + 1][j] - x[i][j]) for i in range(15) for j in range(16)),
+        "grad_diag": fmean(abs(x[i + 1][j + 1] - x[i][j]) for i in range(15) for j in range(15)),
+        "diff_top_bottom": abs(var["top"] - var["bottom"]),
+        "diff_left_right": abs(var["left"] - var["right"]),
+        "spread_quadrants": max(q_var) - min(q_var),
+    }
+
+
+def test_block_statistics_match_their_definitions_on_asymmetric_blocks():
+    """Every column, on blocks whose quadrants, halves and directions all differ, so a swapped
+    quadrant, axis or diagonal shows."""
+    from av1_ablation.training.reference import STATISTICS, block_statistics
+
+    i, j = np.mgrid[0:16, 0:16]
+    block = np.select(
+        [(i < 8) & (j < 8), i < 8, j < 8],
+        [np.full((16, 16), 200),            # top-left: flat
+         300 + 40 * (j - 8),                # top-right: horizontal ramp
+         100 * ((i + j) % 3)],              # bottom-left: constant along anti-diagonals
+        np.where(i % 2 == 1, 900, 50))      # bottom-right: alternating rows
+    noisy = np.random.default_rng(0).integers(0, 1024, (16, 16))
+    stats = block_statistics(np.stack([block, noisy]))
+    assert stats.shape == (2, 17)
+    for row, b in zip(stats, (block, noisy)):
+        expected = _statistics_oracle(b)
+        assert set(expected) == set(STATISTICS)
+        got = dict(zip(STATISTICS, row))
+        for name in STATISTICS:
+            assert got[name] == pytest.approx(expected[name], rel=1e-9, abs=1e-15), name
+    # the hand-made block is asymmetric where it matters
+    got = dict(zip(STATISTICS, stats[0]))
+    assert len({got[k] for k in ("var_q00", "var_q01", "var_q10", "var_q11")}) == 4
+    assert len({got["grad_h"], got["grad_v"], got["grad_diag"]}) == 3
+    assert got["diff_top_bottom"] > 0 and got["diff_left_right"] > 0
+
+
+def _prior_data(store_qindex, train_index, train_targets, **splits):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(store=SimpleNamespace(qindex=np.asarray(store_qindex)),
+                           index={"train": np.asarray(train_index), **{k: np.asarray(v, dtype=int)
+                                                                       for k, v in splits.items()}},
+                           targets={"train": np.asarray(train_targets)})
+
+
+def test_prior_predicts_training_frequencies_per_qp_with_a_fallback():
+    """The floor of the context table: per-qindex class frequencies of the training blocks,
+    all training blocks for a qindex training never saw, and no QP at all with qp_input=none."""
+    from av1_ablation.training.reference import fit_prior
+
+    # store positions 0..9; training blocks are scattered so the qindex must follow the index
+    store_qindex = [80, 220, 128, 220, 80, 220, 80, 220, 80, 220]
+    train = [6, 1, 0, 3, 4, 5, 7]        # qindex 80, 220, 80, 220, 80, 220, 220
+    targets = [0, 2, 0, 2, 1, 2, 1]      # at 80: 0, 0, 1; at 220: 2, 2, 2, 1
+    data = _prior_data(store_qindex, train, targets, test=[9, 8, 2], val=[])
+    at_80, at_220, overall = [2 / 3, 1 / 3, 0], [0, 1 / 4, 3 / 4], [2 / 7, 2 / 7, 3 / 7]
+
+    by_qp = fit_prior(data, "concat")
+    np.testing.assert_allclose(by_qp("test"), [at_220, at_80, overall])  # 128 unseen: fallback
+    np.testing.assert_allclose(by_qp("train")[:3], [at_80, at_220, at_80])
+    assert by_qp("val").shape == (0, 3)
+    blind = fit_prior(data, "none")
+    np.testing.assert_allclose(blind("test"), [overall] * 3)
+
+
+def _context(scores, arms):
+    import pandas as pd
+
+    return pd.DataFrame({"model": list(scores), "test_macro_f1": list(scores.values()),
+                         "kind": ["loss arm" if m in arms else "reference" for m in scores]})
+
+
+def _placements(sentence):
+    """{clause: arm names} of the sentence's 'Test macro-F1 of the loss arms: ...' part."""
+    head = "Test macro-F1 of the loss arms: "
+    body = re.split(r"\.(?: |$)", sentence[sentence.index(head) + len(head):])[0]  # not 30.00%
+    clauses = {}
+    for part in body.split("; "):
+        label, names = part.split("): ")
+        clauses[label.split(" (")[0]] = names.split(", ")
+    return clauses
+
+
+def test_context_sentence_places_each_arm_below_between_or_above_the_references():
+    """The report's one-line verdict: an arm in the wrong clause misstates the whole comparison."""
+    from av1_ablation.comparison.context import context_sentence
+
+    scores = {"prior": 0.30, "gbm": 0.50, "finetune": 0.55,
+              "baseline": 0.45, "focal": 0.20, "poly": 0.62, "asym": 0.30, "dice": 0.50}
+    arms = ("baseline", "focal", "poly", "asym", "dice")
+    sentence = context_sentence(_context(scores, arms), "baseline")
+    # an arm level with prior or gbm is neither below the floor nor above gbm
+    assert _placements(sentence) == {"below the prior floor": ["focal"],
+                                     "between the prior": ["baseline", "asym", "dice"],
+                                     "above gbm": ["poly"]}
+    assert "below the prior floor (30.00%)" in sentence and "and gbm (50.00%)" in sentence
+    assert sentence.endswith("changes test macro-F1 by +10.00 pp against the frozen-backbone baseline "
+                             "arm: the frozen Stage-1 features are a bottleneck.")
+
+    # all arms between: a single clause; a finetune gap under 2 pp is no bottleneck
+    scores = {"prior": 0.30, "gbm": 0.50, "finetune": 0.46, "baseline": 0.45, "poly": 0.40}
+    sentence = context_sentence(_context(scores, ("baseline", "poly")), "baseline")
+    assert _placements(sentence) == {"between the prior": ["baseline", "poly"]}
+    assert sentence.endswith("by +1.00 pp against the frozen-backbone baseline arm.")
+
+    # without gbm there is nothing to place the arms between; without references, a hint
+    no_gbm = context_sentence(_context({"prior": 0.3, "baseline": 0.4}, ("baseline",)), "baseline")
+    assert "Test macro-F1 of the loss arms" not in no_gbm
+    assert context_sentence(_context({"baseline": 0.4}, ("baseline",)), "baseline").startswith(
+        "No reference runs")
