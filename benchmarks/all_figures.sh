@@ -41,4 +41,7 @@ run qp_input_choice python benchmarks/qp_input_choice.py --work "$out/qpc"
 run stage1_backbones python benchmarks/stage1_backbones.py --work "$out/sb"
 run model_variants python benchmarks/model_variants.py --work "$out/mv"
 run extended bash benchmarks/extended.sh "$out/ext"
+# each store above holds one experiment besides Default, so its id is 1
+run resampling_unit bash -c "for s in e2e cv ext; do echo \"== \$s\"; MLFLOW_TRACKING_URI=sqlite:///$out/\$s/mlflow.db \
+  MLFLOW_EXPERIMENT_ID=1 python benchmarks/resampling_unit.py || exit 1; done"
 run stage1_backbones_extended python benchmarks/stage1_backbones.py --data "$out/ext/data/extended" --work "$out/sbx"
