@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from av1_ablation.comparison.runs import RunRecord
+from av1_ablation.comparison.statistics import bootstrap_macro_f1, paired_bootstrap
 from av1_ablation.record.contract import BLOCK_INDEX, CLUSTER, Y_PRED, Y_TRUE
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "resampling_unit.py"
@@ -47,7 +48,13 @@ def test_one_row_per_run_and_per_seed_pair(script):
     assert [(r["kind"], r["arm"], r["seed"]) for r in rows] == [
         ("macro-F1", "baseline", 1), ("macro-F1", "baseline", 2), ("macro-F1", "poly", 1),
         ("difference", "poly", 1), ("macro-F1", "poly", 3)]
-    assert all(r["pictures"] > 0 and r["blocks"] > 0 for r in rows)
+    # poly's seed 1 against baseline's seed 1 (not seed 2), each unit with the same draw seed
+    poly1, base1 = (r.predictions[Y_PRED].to_numpy() for r in (records[2], records[0]))
+    for unit, clusters in (("pictures", pictures), ("blocks", None)):
+        b = paired_bootstrap(y, poly1, base1, clusters=clusters, n_resamples=200, random_state=0)
+        assert rows[3][unit] == pytest.approx(100 * (b.ci_high - b.ci_low))
+        low, high = bootstrap_macro_f1(y, poly1, clusters=clusters, n_resamples=200, random_state=0)
+        assert rows[2][unit] == pytest.approx(100 * (high - low))
 
 
 def test_each_unit_gets_its_own_resampling(script):
@@ -78,10 +85,14 @@ def test_runs_on_other_blocks_are_refused(script):
 
 
 def test_summary_reports_medians_and_the_ratio(script):
-    rows = [{"kind": "macro-F1", "pictures": 4.0, "blocks": 1.0}, {"kind": "macro-F1", "pictures": 6.0, "blocks": 2.0},
-            {"kind": "macro-F1", "pictures": 9.0, "blocks": 3.0},
-            {"kind": "difference", "pictures": 0.5, "blocks": 1.0}, {"kind": "difference", "pictures": 2.0, "blocks": 1.0}]
+    # the median of the ratios (2) is not the ratio of the medians (6 / 2 = 3)
+    rows = [{"kind": "macro-F1", "pictures": 2.0, "blocks": 1.0}, {"kind": "macro-F1", "pictures": 6.0, "blocks": 3.0},
+            {"kind": "macro-F1", "pictures": 9.0, "blocks": 2.0},
+            {"kind": "difference", "pictures": 0.5, "blocks": 1.0}, {"kind": "difference", "pictures": 2.0, "blocks": 1.0},
+            {"kind": "difference", "pictures": 3.0, "blocks": 4.0}]
     lines = script.summary(rows, n_pictures=5, n_blocks=400).splitlines()
+    # multisets of 5 pictures drawn from 5: C(9, 5)
     assert lines[0] == "400 test blocks from 5 pictures; the picture bootstrap has 126 distinct resamples"
-    assert lines[3] == "| a run's test macro-F1 | 3 | 6.00 | 2.00 | 3.00 [3.00, 4.00] | 0 of 3 |"
-    assert lines[4] == "| an arm's per-seed difference | 2 | 1.25 | 1.00 | 1.25 [0.50, 2.00] | 1 of 2 |"
+    assert lines[3] == "| a run's test macro-F1 | 3 | 6.00 | 2.00 | 2.00 [2.00, 4.50] | 0 of 3 |"
+    assert lines[4] == "| an arm's per-seed difference | 3 | 2.00 | 1.00 | 0.75 [0.50, 2.00] | 2 of 3 |"
+    assert script.summary(rows, n_pictures=8, n_blocks=1).splitlines()[0].endswith("has 6,435 distinct resamples")
