@@ -1,4 +1,7 @@
 """Shared fixtures. ``tiny_dataset`` is a real (aomenc + libaom) block store."""
+import importlib.util
+from pathlib import Path
+
 import pytest
 
 pytest_plugins = ["tests.mlflow_fixtures"]
@@ -24,3 +27,19 @@ def tiny_dataset_two_qps(tmp_path_factory):
     read the QP by default."""
     out = tmp_path_factory.mktemp("tiny2qp") / "store"
     return build_dataset(TINY_SOURCES, out, qps=(20, 55), cpu_used=2, crop=128, progress=False)
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """``load(name)``: the module of ``benchmarks/<name>.py``, whose analysis is behind published
+    figures (the scripts are run by path, not installed, so they are loaded from their file)."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    loaded = {}
+
+    def load(name: str):
+        if name not in loaded:
+            spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+            loaded[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(loaded[name])
+        return loaded[name]
+    return load

@@ -3,25 +3,13 @@ benchmarks/qp_label_conflicts.py (how many pixel blocks change label with the QP
 benchmarks/qp_input_choice.py (which ``qp_input`` validation prefers, paired by seed)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 from scipy import stats
 
 from av1_ablation.record.contract import BEST_VAL_MACRO_F1, TEST_F1_AB, TEST_MACRO_F1
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_label_conflicts_counts_pixel_blocks_not_rows():
+def test_label_conflicts_counts_pixel_blocks_not_rows(benchmark_script):
     # three distinct 2x2 blocks: A at 3 QPs with labels 0, 0, 1 (a conflict), B twice with 2, 2,
     # C once; a block equal to A in all but one pixel is its own block
     a, b, c = np.zeros((2, 2)), np.ones((2, 2)), np.full((2, 2), 7)
@@ -29,9 +17,10 @@ def test_label_conflicts_counts_pixel_blocks_not_rows():
     a_like[1, 1] = 1
     blocks = np.stack([a, b, a, c, a, b, a_like]).astype(np.uint8)
     y = np.array([0, 2, 0, 1, 1, 2, 2])
-    assert load("qp_label_conflicts").label_conflicts(blocks, y, 3) == (4, 1)
+    label_conflicts = benchmark_script("qp_label_conflicts").label_conflicts
+    assert label_conflicts(blocks, y, 3) == (4, 1)
     # B's second label differs too: two conflicting blocks
-    assert load("qp_label_conflicts").label_conflicts(blocks, np.array([0, 2, 0, 1, 1, 0, 2]), 3) == (4, 2)
+    assert label_conflicts(blocks, np.array([0, 2, 0, 1, 1, 0, 2]), 3) == (4, 2)
 
 
 def _runs(val: dict[int, list[float]], loss_names=("baseline", "poly")) -> dict:
@@ -41,11 +30,11 @@ def _runs(val: dict[int, list[float]], loss_names=("baseline", "poly")) -> dict:
             for seed, values in val.items() for loss, v in zip(loss_names, values)}
 
 
-def test_qp_input_choice_pairs_the_variants_by_seed_on_validation():
+def test_qp_input_choice_pairs_the_variants_by_seed_on_validation(benchmark_script):
     found = {"none": _runs({1: [0.40, 0.42], 2: [0.50, 0.52], 3: [0.45, 0.45]}),
              "concat": _runs({1: [0.44, 0.44], 2: [0.54, 0.56], 3: [0.46, 0.48]}),
              "film": _runs({1: [0.45, 0.45], 2: [0.50, 0.50]})}  # seed 3 missing
-    text = load("qp_input_choice").report(found, {"none": 10.0, "concat": 12.0})
+    text = benchmark_script("qp_input_choice").report(found, {"none": 10.0, "concat": 12.0})
     lines = text.splitlines()
     # per seed, the mean over the losses: none 0.41, 0.51, 0.45; concat 0.44, 0.55, 0.47; film 0.45, 0.50
     assert "| concat | 6 | 48.67 | 38.67 | 48.00 | 38.00 | 20.00 | 12 s |" in lines
@@ -62,11 +51,11 @@ def test_qp_input_choice_pairs_the_variants_by_seed_on_validation():
     assert lines[-1] == "best on validation: qp_input=concat"
 
 
-def test_qp_input_choice_is_decided_on_validation_not_test():
+def test_qp_input_choice_is_decided_on_validation_not_test(benchmark_script):
     found = {"none": _runs({1: [0.50, 0.50], 2: [0.50, 0.50]}),
              "concat": _runs({1: [0.45, 0.45], 2: [0.46, 0.46]})}
     for metrics in found["concat"].values():
         metrics[TEST_MACRO_F1] = 0.9  # far better on test: must not matter
-    text = load("qp_input_choice").report(found, {})
+    text = benchmark_script("qp_input_choice").report(found, {})
     assert text.splitlines()[-1] == "best on validation: qp_input=none"
     assert "concat - none, validation, per seed [1, 2]: -5.00, -4.00 pp; mean -4.50 pp" in text

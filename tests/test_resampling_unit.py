@@ -3,9 +3,6 @@ on the test-side resampling unit: each run's macro-F1 interval and each per-seed
 interval, resampling pictures and single blocks with the same seed."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,15 +11,10 @@ from av1_ablation.comparison.runs import RunRecord
 from av1_ablation.comparison.statistics import bootstrap_macro_f1, paired_bootstrap
 from av1_ablation.record.contract import BLOCK_INDEX, CLUSTER, Y_PRED, Y_TRUE
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "resampling_unit.py"
-
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("resampling_unit", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(benchmark_script):
+    return benchmark_script("resampling_unit")
 
 
 def record(loss: str, seed: int, y_true, y_pred, clusters) -> RunRecord:

@@ -4,24 +4,16 @@ backbone and averaged per backbone, the backbones are the units of the tests, an
 reference arm's spread is split into between and within backbones."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 from scipy import stats
 
 from av1_ablation.record.contract import BEST_EPOCH, BEST_VAL, BEST_VAL_MACRO_F1, ROC_AUC, TEST, TEST_MACRO_F1
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "stage1_backbones.py"
-
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("stage1_backbones", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(benchmark_script):
+    return benchmark_script("stage1_backbones")
 
 
 def backbone(seed: int, test: dict[str, dict[int, float]], val: dict[str, float] | None = None) -> dict:
