@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every measured figure of README.md and docs/, one script after the other on a quiet
-# machine (about 3 hours on 2 cores; the extended data set needs `make extended-packages`). Each script's output goes to OUTDIR/<name>.out;
+# machine (about 3 hours and 20 minutes on 2 cores, from the step times of its last runs; the extended data set needs `make extended-packages`). Each script's output goes to OUTDIR/<name>.out;
 # copy the figures from there, and name the commit printed first beside them
 # (tests/test_readme_results.py fails when av1_ablation/ has changed since that commit).
 #
