@@ -6,7 +6,11 @@
 #
 #   bash benchmarks/all_figures.sh [OUTDIR [NAME...]]   # from the project root; needs `make setup`
 #
-# With NAMEs (e.g. end_to_end extended), only those scripts run.
+# With NAMEs (e.g. end_to_end extended), only those scripts run. To measure one commit in two
+# sittings, run into the same OUTDIR first every name before `extended` (about 110 minutes), then
+# extended resampling_unit stage1_backbones_extended (about 90 minutes); the scripts that check
+# one another (stage1_backbones against end_to_end, its extended run against extended) stay in
+# one half.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd -P)
 out=${1:-$(mktemp -d)}
