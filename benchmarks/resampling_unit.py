@@ -47,22 +47,20 @@ def interval_widths(records: list[RunRecord], reference: str, *, n_resamples: in
                 and np.array_equal(r.predictions[CLUSTER], clusters)):
             raise ValueError(f"run {r.run_id} tests other blocks than run {records[0].run_id}")
     draw = dict(n_resamples=n_resamples, random_state=seed)
+    units = dict(zip(UNITS, (clusters, None)))
     by_key = {(r.loss_type, r.seed): r for r in records}
     rows = []
     for r in records:
         pred = r.predictions[Y_PRED].to_numpy()
-        rows.append({"kind": "macro-F1", "arm": r.loss_type, "seed": r.seed, **{
-            unit: 100 * float(np.diff(bootstrap_macro_f1(y_true, pred, clusters=c, **draw))[0])
-            for unit, c in zip(UNITS, (clusters, None))}})
+        widths = {unit: np.diff(bootstrap_macro_f1(y_true, pred, clusters=c, **draw))[0] for unit, c in units.items()}
+        rows.append({"kind": "macro-F1", "arm": r.loss_type, "seed": r.seed, **{u: 100 * w for u, w in widths.items()}})
         ref = by_key.get((reference, r.seed))
         if r.loss_type == reference or ref is None:
             continue
         ref_pred = ref.predictions[Y_PRED].to_numpy()
-        widths = {}
-        for unit, c in zip(UNITS, (clusters, None)):
-            b = paired_bootstrap(y_true, pred, ref_pred, clusters=c, **draw)
-            widths[unit] = 100 * (b.ci_high - b.ci_low)
-        rows.append({"kind": "difference", "arm": r.loss_type, "seed": r.seed, **widths})
+        paired = {unit: paired_bootstrap(y_true, pred, ref_pred, clusters=c, **draw) for unit, c in units.items()}
+        rows.append({"kind": "difference", "arm": r.loss_type, "seed": r.seed,
+                     **{u: 100 * (b.ci_high - b.ci_low) for u, b in paired.items()}})
     return rows
 
 
