@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 
 from av1_ablation.errors import Terminated, UserError, raise_terminated
+from av1_ablation.record.contract import KIND_STAGE2
 from av1_ablation.training.threads import apply_thread_budget, default_threads, thread_count
 
 # in the order of the data flow: data set -> Stage 1 -> Stage 2 (arms, references) -> comparison
@@ -139,7 +140,7 @@ def interrupted_message(args, exc: BaseException, what: str) -> str:
     if run_id is None:
         return f"stopped by {what}"
     message = f"stopped by {what}; run {run_id} is marked KILLED"
-    if kind == "stage2":
+    if kind == KIND_STAGE2:
         message += (f"; `av1-ablation train --resume {run_id}` continues it from its last "
                     "completed epoch")
     return message

@@ -179,7 +179,7 @@ def contract_strings() -> set[str]:
 # them where they are composed into a name.
 ORDINARY_WORDS = {"loss", "f1", "precision", "recall", "accuracy", "n", "loss_type", "seed", "losses",
                   "seeds", "jobs", "models", "qindex", "predictions", "stage1", "stage2", "ablation",
-                  "reference", "references", "compare", "prior", "gbm", "finetune", "train_", "val_",
+                  "reference", "references", "compare", "finetune", "train_", "val_",
                   "test_", "best_val_", "cfg.", "stage1=auto"}
 # Composed names: tags in our namespace, MLflow's own tags, cfg.* params, run names,
 # metric keys after a split prefix, artifact paths.

@@ -210,7 +210,7 @@ def test_the_ablation_parent_names_what_validation_prefers_not_test(tracking_sto
         log_parent_summary(list(ids.values()))
     parent = client().get_run(parent.info.run_id)
     assert parent.data.tags["av1.best_loss"] == "poly"
-    assert parent.data.tags["best_run"] == min(ids["poly", 1], ids["poly", 2])  # a tie: never by test
+    assert parent.data.tags["av1.best_run"] == min(ids["poly", 1], ids["poly", 2])  # a tie: never by test
     assert parent.data.metrics["mean_best_val_macro_f1.poly"] == pytest.approx(0.61)
     assert parent.data.metrics["mean_test_macro_f1.baseline"] == pytest.approx(0.905)
 
@@ -233,7 +233,7 @@ def test_ablation_nests_children_and_skips_finished_on_rerun(tiny_dataset_two_qp
     best = max(val, key=val.get)
     tags, metrics = parents[0].data.tags, parents[0].data.metrics
     assert tags["av1.best_loss"] == best and metrics[f"mean_best_val_macro_f1.{best}"] == pytest.approx(val[best])
-    assert tags["best_run"] == min((r for r in children if r.data.params["cfg.loss_type"] == best),
+    assert tags["av1.best_run"] == min((r for r in children if r.data.params["cfg.loss_type"] == best),
                                    key=lambda r: (-r.data.metrics["best_val_macro_f1"], r.info.run_id)).info.run_id
     assert {f"mean_test_macro_f1.{loss}" for loss in val} <= set(metrics)
     assert main(argv) == 0

@@ -28,8 +28,9 @@ from av1_ablation.comparison.runs import Selection, check_comparable, group_reco
 from av1_ablation.dataset.atomic import atomic_directory
 from av1_ablation.dataset.command import flag
 from av1_ablation.errors import UserError
-from av1_ablation.record.contract import (CFG_PREFIX, COMPARED_RUNS_TAG, COMPARE_RUN_NAME, KIND_COMPARE,
-                                          KIND_TAG, VERDICT_TAG, WINNER_TAG, cfg_param, compare_delta_metric)
+from av1_ablation.record.contract import (CFG_PREFIX, COMPARE_REPORT, COMPARE_RUN_NAME,
+                                          COMPARE_SUMMARY_CSV, COMPARE_SUMMARY_JSON,
+                                          COMPARED_RUNS_TAG, FIGURES_DIR, GBM, KIND_COMPARE, KIND_TAG, VERDICT_TAG, WINNER_TAG, cfg_param, compare_delta_metric)
 from av1_ablation.record.experiment import mark_model_training
 
 
@@ -110,7 +111,7 @@ def build_context(c: Comparison, args, experiment_id: str) -> Context:
     table = context_table(c.records, references, n_resamples=max(100, args.n_resamples // 5),
                           random_state=args.bootstrap_seed)
     shown = {c.winner: c.records[c.winner], c.reference: c.records.get(c.reference, []),
-             **{n: references[n] for n in ("gbm",) if n in references}}
+             **({GBM: references[GBM]} if GBM in references else {})}
     return Context(table, context_sentence(table, c.reference), shown)
 
 
@@ -165,7 +166,7 @@ def summary_json(selection: Selection, comparisons: list[Comparison], args) -> d
 
 def write_outputs(out: Path, selection: Selection, comparisons: list[Comparison], args,
                   contexts: list[Context] = ()) -> Path:
-    """Write report.md, summary.csv, summary.json and figures/ to ``out`` atomically."""
+    """Write the report, the summaries and the figures to ``out`` atomically."""
     import pandas as pd
 
     from av1_ablation.comparison.context import render_context
@@ -173,7 +174,7 @@ def write_outputs(out: Path, selection: Selection, comparisons: list[Comparison]
 
     out = Path(out)
     with atomic_directory(out) as tmp:
-        (tmp / "figures").mkdir()
+        (tmp / FIGURES_DIR).mkdir()
         figure_paths = []
         for i, c in enumerate(comparisons):
             suffix = "" if len(comparisons) == 1 else "_" + "".join(ch if ch.isalnum() else "_" for ch in c.group)
@@ -181,7 +182,7 @@ def write_outputs(out: Path, selection: Selection, comparisons: list[Comparison]
             if i < len(contexts):
                 figures["per_qp"] = per_qp_models_figure(contexts[i].per_qp_models)
             for stem, fig in figures.items():
-                rel = f"figures/{stem}{suffix}.png"
+                rel = f"{FIGURES_DIR}/{stem}{suffix}.png"
                 fig.savefig(tmp / rel, dpi=110)
                 figure_paths.append(rel)
         report = render_markdown(comparisons, selection=selection.description, left_out=selection.left_out,
@@ -190,12 +191,12 @@ def write_outputs(out: Path, selection: Selection, comparisons: list[Comparison]
             report += (f"\n### Context{'' if len(comparisons) == 1 else ': ' + c.group}\n\n"
                        f"Mean test macro-F1 over runs, with a 95% interval from resampling test "
                        f"pictures; values in %.\n\n{_md(render_context(ctx.table))}\n{ctx.sentence}\n")
-        (tmp / "report.md").write_text(report)
-        pd.concat([c.summary() for c in comparisons]).to_csv(tmp / "summary.csv", index=False)
+        (tmp / COMPARE_REPORT).write_text(report)
+        pd.concat([c.summary() for c in comparisons]).to_csv(tmp / COMPARE_SUMMARY_CSV, index=False)
         summary = summary_json(selection, comparisons, args)
         for group, ctx in zip(summary["groups"], contexts):
             group["context"] = _clean({"table": ctx.table.to_dict(orient="records"), "sentence": ctx.sentence})
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+        (tmp / COMPARE_SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
     return out
 
 
@@ -233,7 +234,7 @@ def run(args) -> int:
         print(render_text(c) + "\n")
         print(render_context_text(ctx) + "\n")
     out = write_outputs(Path(args.out), selection, comparisons, args, contexts)
-    print(f"wrote {out}/report.md, summary.csv, summary.json and figures/")
+    print(f"wrote {out}/{COMPARE_REPORT}, {COMPARE_SUMMARY_CSV}, {COMPARE_SUMMARY_JSON} and {FIGURES_DIR}/")
     if not args.no_log:
         run_id = log_compare_run(out, selection, comparisons)
         print(f"logged compare run {run_id}")

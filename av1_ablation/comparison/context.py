@@ -18,7 +18,8 @@ from av1_ablation.comparison.runs import RunRecord, _client, _search, read_recor
 from av1_ablation.comparison.statistics import bootstrap_macro_f1
 from av1_ablation.dataset.partitions import STAGE2_NAMES
 from av1_ablation.record.contract import (CLASS_KEYS, CLUSTER, DATASET_FINGERPRINT_TAG, ECE, F1,
-                                          FOLDS_PARAM, KIND_REFERENCE, REFERENCE_MODELS, REFERENCE_TAG,
+                                          FINETUNE, FOLDS_PARAM, GBM, KIND_REFERENCE, PRIOR,
+                                          REFERENCE_MODELS, REFERENCE_TAG,
                                           VALUE_WHEN_ABSENT, param_value,
                                           SPLIT_FINGERPRINT_TAG, TEST, TEST_MACRO_F1, Y_PRED, Y_TRUE,
                                           cfg_param, kind_clause, param_clause, parse_per_qp, per_class,
@@ -90,7 +91,7 @@ def context_sentence(table: pd.DataFrame, reference_arm: str) -> str:
     score = dict(zip(table["model"], table[TEST_MACRO_F1]))
     arms = table[table["kind"] == "loss arm"]
     parts = []
-    prior, gbm = score.get("prior"), score.get("gbm")
+    prior, gbm = score.get(PRIOR), score.get(GBM)
     if prior is not None and gbm is not None:
         below = arms[arms[TEST_MACRO_F1] < prior]["model"].tolist()
         above = arms[arms[TEST_MACRO_F1] > gbm]["model"].tolist()
@@ -104,8 +105,8 @@ def context_sentence(table: pd.DataFrame, reference_arm: str) -> str:
         if above:
             words.append(f"above gbm ({100 * gbm:.2f}%): {', '.join(above)}")
         parts.append("Test macro-F1 of the loss arms: " + "; ".join(words) + ".")
-    if "finetune" in score and reference_arm in score:
-        gap = 100 * (score["finetune"] - score[reference_arm])
+    if FINETUNE in score and reference_arm in score:
+        gap = 100 * (score[FINETUNE] - score[reference_arm])
         parts.append(f"Training the backbone too (finetune) changes test macro-F1 by {gap:+.2f} pp "
                      f"against the frozen-backbone {reference_arm} arm"
                      + (": the frozen Stage-1 features are a bottleneck." if gap >= 2 else "."))

@@ -22,12 +22,12 @@ from av1_ablation.dataset import pooled_fingerprint
 from av1_ablation.errors import UserError
 from av1_ablation.record.contract import (ALL_FOLDS, BLOCK_INDEX, FOLD_PARAM, FOLDS_PARAM, PROBA_COLUMNS, QINDEX,
                                           SPLIT_FINGERPRINT_TAG, STAGE1_RUN_TAG, TEST, TRAIN_SECONDS, Y_TRUE,
-                                          cfg_param, param_value)
+                                          cfg_param, param_value, tagged)
 from av1_ablation.record.metrics import split_metrics
 
 STAGE1_PARAM = cfg_param("stage1")
 # What differs between the fold runs of one cross-validation, and only that.
-PER_FOLD = frozenset({FOLD_PARAM, STAGE1_PARAM, f"tags.{SPLIT_FINGERPRINT_TAG}", f"tags.{STAGE1_RUN_TAG}"})
+PER_FOLD = frozenset({FOLD_PARAM, STAGE1_PARAM, tagged(SPLIT_FINGERPRINT_TAG), tagged(STAGE1_RUN_TAG)})
 
 
 def folds_of(record: RunRecord) -> tuple[int, int]:

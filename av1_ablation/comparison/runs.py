@@ -26,9 +26,9 @@ from av1_ablation.errors import UserError
 from av1_ablation.record.artifacts import read_predictions
 from av1_ablation.record.contract import (BLOCK_INDEX, CFG_PREFIX, CHILDREN_TAG, COMPARABILITY_TAGS,
                                           FOLD_PARAM, FOLDS_PARAM, KIND_ABLATION, KIND_STAGE2,
-                                          LOSS_TYPE_PARAM, SEED_PARAM, STAGE2_SCORE, TEST_PREDICTIONS,
-                                          VALUE_WHEN_ABSENT, cfg_param, children_clause, kind_clause,
-                                          param_value)
+                                          LOSS_TYPE_PARAM, SEED_PARAM, STAGE1_RUN_TAG, STAGE2_SCORE,
+                                          TAGS_PREFIX, TEST_PREDICTIONS, VALUE_WHEN_ABSENT, cfg_param,
+                                          children_clause, kind_clause, param_value, tagged)
 
 # The ablation's own variables, and fields that do not change what is learned.
 # cfg.data is a local path; the data set itself is compared by its fingerprint tag.
@@ -54,7 +54,7 @@ class RunRecord:
         """Everything that must match between comparable runs (params + tags)."""
         out = {k: v for k, v in {**VALUE_WHEN_ABSENT, **self.params}.items()
                if k.startswith(CFG_PREFIX) and k not in NON_EXPERIMENTAL_PARAMS}
-        out.update({f"tags.{t}": self.tags.get(t, "<missing>") for t in COMPARABILITY_TAGS})
+        out.update({tagged(t): self.tags.get(t, "<missing>") for t in COMPARABILITY_TAGS})
         return out
 
 
@@ -347,8 +347,8 @@ def group_value(params: dict[str, str], tags: dict[str, str], group_by: str | No
     it has none or no key is given."""
     if not group_by:
         return None
-    if group_by.startswith("tags."):
-        return tags.get(group_by[len("tags."):])
+    if group_by.startswith(TAGS_PREFIX):
+        return tags.get(group_by.removeprefix(TAGS_PREFIX))
     return params.get(group_by)
 
 

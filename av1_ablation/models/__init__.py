@@ -4,6 +4,9 @@ from av1_ablation.models.checkpoints import load_stage1_backbone, load_stage1_mo
 from av1_ablation.models.fastconv import FastConv2d, set_fast_paths
 from av1_ablation.models.qp import QP_INPUTS, QPHead, standardise_qindex
 from av1_ablation.models.stages import (
+    ADAPTER_GROUP,
+    BACKBONE_GROUP,
+    HEAD_GROUP,
     ConvAdapter,
     Stage1Head,
     Stage1Model,
@@ -13,6 +16,9 @@ from av1_ablation.models.stages import (
 )
 
 __all__ = [
+    "ADAPTER_GROUP",
+    "BACKBONE_GROUP",
+    "HEAD_GROUP",
     "STAGES",
     "Backbone",
     "BasicBlock",

@@ -23,6 +23,9 @@ from av1_ablation.models.backbone import STAGES, Backbone, scaled_channels
 from av1_ablation.models.fastconv import FastConv2d
 from av1_ablation.models.qp import QPHead
 
+# the Stage-2 optimiser's parameter groups, each with its learning rate (logged as lr_<group>)
+ADAPTER_GROUP, HEAD_GROUP, BACKBONE_GROUP = "adapter", "head", "backbone"
+
 
 class Stage1Head(QPHead):
     """512 -> 256 -> 1 with ReLU and dropout 0.3 (keys ``head.{0,3}``), QP input optional.
@@ -197,9 +200,9 @@ class Stage2Model(nn.Module):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by group, for separate AdamW learning rates (``backbone``
         only when it trains)."""
-        groups = {"adapter": list(self.adapters.parameters()), "head": list(self.head.parameters())}
+        groups = {ADAPTER_GROUP: list(self.adapters.parameters()), HEAD_GROUP: list(self.head.parameters())}
         if not self.frozen:
-            groups["backbone"] = list(self.backbone.parameters())
+            groups[BACKBONE_GROUP] = list(self.backbone.parameters())
         return groups
 
     @classmethod

@@ -106,10 +106,13 @@ CHILDREN_TAG = "av1.children"  # every child: trained now or re-used from an ear
 REUSED_CHILDREN_TAG = "av1.reused_children"
 FAILED_CHILDREN_TAG = "av1.failed_children"
 BEST_LOSS_TAG = "av1.best_loss"
-BEST_RUN_TAG = "best_run"
+BEST_RUN_TAG = "av1.best_run"
 # reference runs: the tag names the model
 REFERENCE_TAG = "av1.reference"
-REFERENCE_MODELS = ("prior", "gbm", "finetune")
+# the class frequencies, gradient boosting on block statistics, the Stage-2 model with its
+# backbone trained too
+PRIOR, GBM, FINETUNE = "prior", "gbm", "finetune"
+REFERENCE_MODELS = (PRIOR, GBM, FINETUNE)
 # the compare run
 COMPARED_RUNS_TAG = "av1.compared_run_ids"
 WINNER_TAG = "av1.winner"
@@ -236,9 +239,14 @@ def compare_delta_metric(arm: str) -> str:
 MODEL_CHECKPOINT = "checkpoint/model.pt"  # the selected epoch
 RESUME_CHECKPOINT = "checkpoint/last.pt"  # the last completed epoch of an interrupted run
 PREDICTIONS_DIR = "predictions"
-LEARNING_CURVES_FIGURE = "figures/learning_curves.png"
-PER_QP_FIGURE = "figures/per_qp_test.png"
 METRICS_FILE = "metrics.json"
+FIGURES_DIR = "figures"
+LEARNING_CURVES_FIGURE = f"{FIGURES_DIR}/learning_curves.png"
+PER_QP_FIGURE = f"{FIGURES_DIR}/per_qp_test.png"
+# the compare run (and its --out folder)
+COMPARE_REPORT = "report.md"
+COMPARE_SUMMARY_CSV = "summary.csv"
+COMPARE_SUMMARY_JSON = "summary.json"
 
 
 def predictions_file(split: str) -> str:
@@ -247,7 +255,7 @@ def predictions_file(split: str) -> str:
 
 
 def confusion_figure_file(split: str) -> str:
-    return f"figures/confusion_{split}.png"
+    return f"{FIGURES_DIR}/confusion_{split}.png"
 
 
 TEST_PREDICTIONS = predictions_file("test")
@@ -262,9 +270,18 @@ CONTEXT_COLUMNS = (QINDEX, CLUSTER)
 
 
 # --------------------------------------------------------------------------- search filters
+# how MLflow's search syntax, and --group-by, name a tag: tags.<name>
+TAGS_PREFIX = "tags."
+
+
+def tagged(key: str) -> str:
+    """``tags.<key>``: a tag where params and tags share one namespace."""
+    return TAGS_PREFIX + key
+
+
 def tag_clause(key: str, value: str) -> str:
     """An MLflow search clause on a tag value."""
-    return f"tags.`{key}` = '{value}'"
+    return f"{TAGS_PREFIX}`{key}` = '{value}'"
 
 
 def param_clause(key: str, value: str) -> str:

@@ -27,8 +27,8 @@ import numpy as np
 
 from av1_ablation.dataset.partitions import STAGE2_NAMES, to_stage2
 from av1_ablation.errors import UserError
-from av1_ablation.record.contract import (BEST_VAL, GBM_ITERATIONS, KIND_REFERENCE, KIND_REFERENCES,
-                                          LOSS_TYPE_PARAM, MACRO_F1, MODELS_PARAM, PARENT_RUN_TAG,
+from av1_ablation.record.contract import (BEST_VAL, FINETUNE, GBM_ITERATIONS, KIND_REFERENCE, KIND_REFERENCES,
+                                          LOSS_TYPE_PARAM, MACRO_F1, MODELS_PARAM, PARENT_RUN_TAG, PRIOR,
                                           REFERENCES_RUN_NAME, REFERENCE_MODELS, REFERENCE_TAG, SEED_PARAM,
                                           TEST, TEST_F1_AB, TRAIN_SECONDS, reference_run_name)
 from av1_ablation.training import config as config_mod
@@ -54,7 +54,7 @@ FIXED_FIELDS = ("loss_type", "finetune", "fold")
 def configure(parser) -> None:
     parser.add_argument("--models", default=",".join(REFERENCES),
                         help=f"comma-separated reference models (default: {','.join(REFERENCES)})")
-    config_mod.add_config_arguments(parser, Stage2Config, exclude=FIXED_FIELDS)
+    config_mod.add_config_arguments(parser, Stage2Config, STAGE2_PRESETS, exclude=FIXED_FIELDS)
 
 
 def run(args) -> int:
@@ -82,7 +82,7 @@ def train_reference(name: str, cfg: Stage2Config, data, *, parent_id: str | None
     """Train and record one reference model; returns its run id."""
     tags = {REFERENCE_TAG: name, **({PARENT_RUN_TAG: parent_id} if parent_id else {})}
     run_name = reference_run_name(name, cfg.seed, cfg.folds, cfg.fold)
-    if name == "finetune":
+    if name == FINETUNE:
         from mlflow.tracking import MlflowClient
 
         run_id = MlflowClient().create_run(experiment_id(), run_name=run_name, tags=tags).info.run_id
@@ -94,7 +94,7 @@ def train_reference(name: str, cfg: Stage2Config, data, *, parent_id: str | None
                         **config_mod.to_params(cfg), **data.params()})
         log_dataset_input(data)
         t0 = time.perf_counter()
-        predict = fit_prior(data, cfg.qp_input) if name == "prior" else fit_gbm(data, cfg)
+        predict = fit_prior(data, cfg.qp_input) if name == PRIOR else fit_gbm(data, cfg)
         final = {TRAIN_SECONDS: time.perf_counter() - t0}
         for split_name, prefix in (("val", BEST_VAL), ("test", TEST)):
             if len(data.index[split_name]):

@@ -23,7 +23,7 @@ import torch
 from av1_ablation.dataset.partitions import STAGE2_NAMES, to_stage2
 from av1_ablation.errors import UserError
 from av1_ablation.losses import build_loss
-from av1_ablation.models import Stage2Model, count_parameters
+from av1_ablation.models import ADAPTER_GROUP, BACKBONE_GROUP, HEAD_GROUP, Stage2Model, count_parameters
 from av1_ablation.record.artifacts import log_figure, log_predictions, log_torch
 from av1_ablation.record.contract import (BEST_VAL, CLASS_KEYS, ECE, F1, FAILURE_EPOCH_TAG, FAILURE_STEP_TAG,
                                           KIND_STAGE2, KIND_TAG, LOSS, LOSS_TYPE_PARAM, LOSS_TYPE_TAG,
@@ -124,7 +124,7 @@ def build_training(cfg: Stage2Config, backbone, train_targets: np.ndarray, devic
                         frozen=not cfg.finetune).to(device)
     counts = np.bincount(train_targets, minlength=len(STAGE2_NAMES)).tolist()
     criterion = build_loss(cfg.loss_type, counts, beta=cfg.cb_beta).to(device)
-    lrs = {"adapter": cfg.lr_adapter, "head": cfg.lr_head, "backbone": cfg.lr_adapter}
+    lrs = {ADAPTER_GROUP: cfg.lr_adapter, HEAD_GROUP: cfg.lr_head, BACKBONE_GROUP: cfg.lr_adapter}
     optimizer = torch.optim.AdamW(
         [{"params": params, "lr": lrs[name], "name": name}
          for name, params in model.parameter_groups().items()],
