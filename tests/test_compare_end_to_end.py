@@ -29,6 +29,10 @@ def test_compare_real_tiny_ablation_and_notebook(tiny_dataset_two_qps, tracking_
     assert summary["groups"][0]["winner"] in ("baseline", "poly")
     assert summary["groups"][0]["verdict"]
     assert {p.name for p in out.iterdir()} >= {"report.md", "summary.csv", "summary.json"}
+    # every arm sits on one frozen backbone, and the report says which
+    (stage1,) = {c.data.tags["av1.stage1_run_id"] for c in MlflowClient().search_runs(
+        [exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
+    assert f"on the backbone of Stage-1 run {stage1}" in (out / "report.md").read_text()
     (compare_run,) = MlflowClient().search_runs([exp], "tags.`av1.kind` = 'compare'")
     assert compare_run.info.status == "FINISHED"
     children = MlflowClient().search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")

@@ -120,6 +120,66 @@ def test_flags_take_a_value_for_mlflow_run_and_none_on_the_command_line():
                          ).ignore_param == ["cfg.a", "cfg.b", "cfg.c"]
 
 
+def test_dataset_entry_point_writes_where_training_reads(tmp_path):
+    """`mlflow run . -e dataset` with its defaults builds the store that training then reads,
+    also when AV1_ABLATION_DATA moves it."""
+    sub, pairs = entry_command("dataset")
+    defaults = {k: v["default"] for k, v in mlproject()["entry_points"]["dataset"]["parameters"].items()}
+    argv = [sub] + [part for flag, param in pairs.items() for part in (f"--{flag}", str(defaults[param]))]
+    probe = ("import sys; from av1_ablation import cli; from av1_ablation.dataset import DEFAULT_DATA_DIR; "
+             "args = cli.build_parser(sys.argv[1:])[0].parse_args(sys.argv[1:]); "
+             "print(args.out); print(DEFAULT_DATA_DIR)")
+    for moved in (None, str(tmp_path / "elsewhere")):
+        env = {k: v for k, v in os.environ.items() if k != "AV1_ABLATION_DATA"}
+        env.update({"AV1_ABLATION_DATA": moved} if moved else {})
+        done = subprocess.run([sys.executable, "-c", probe, *argv], env=env, capture_output=True,
+                              text=True, check=True)
+        out, read = done.stdout.split()
+        assert out == read == (moved or "data/embedded")
+
+
+def _help_of(sub: str) -> dict[str, str]:
+    """Each option's help text of ``av1-ablation <sub> --help``, by parameter name."""
+    parser, _ = cli.build_parser([sub])
+    formatter = parser._get_formatter()
+    return {name: formatter._expand_help(action) for name, action in cli_options(sub).items()
+            if action.help}
+
+
+@pytest.mark.parametrize("sub", ["train", "stage1", "ablation", "reference"])
+def test_help_gives_each_training_option_its_choices_and_defaults(sub):
+    from av1_ablation.losses import LOSS_TYPES
+    from av1_ablation.training import config
+
+    cls, presets = ((config.Stage1Config, config.STAGE1_PRESETS) if sub == "stage1"
+                    else (config.Stage2Config, config.STAGE2_PRESETS))
+    helps = _help_of(sub)
+    assert "default: auto" in helps["preset"] and all(p in helps["preset"] for p in presets)
+    for f in config.fields(cls):
+        if f.name not in helps or f.name in ("preset", "data"):
+            continue
+        text = " ".join(helps[f.name].split())
+        for preset, values in presets.items():
+            value = values.get(f.name, f.default)
+            value = ",".join(value) if isinstance(value, tuple) else str(value)
+            value = value.lower() if isinstance(f.default, bool) else value
+            where = f"{value} in {preset}" if "the preset's" in text else f"default: {value})"
+            assert where in text, f"{sub} --{f.name}: {text!r} lacks {where!r}"
+    choices = {"loss_type": LOSS_TYPES, "sampler": config.SAMPLERS, "qp_input": config.QP_INPUTS,
+               "split_mode": config.SPLIT_MODES, "device": config.DEVICES}
+    for name, values in choices.items():
+        if name in helps:
+            assert ", ".join(values) in " ".join(helps[name].split()), (sub, name)
+    assert "AV1_ABLATION_DATA" in helps["data"]
+
+
+def test_compare_help_states_every_default():
+    helps = _help_of("compare")
+    for name, action in cli_options("compare").items():
+        if action.default not in (None, [], False):
+            assert f"default: {action.default}" in " ".join(helps[name].split()), name
+
+
 def test_main_and_train_are_the_same_entry_point():
     points = mlproject()["entry_points"]
     assert points["main"] == points["train"]

@@ -45,29 +45,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "then MLFLOW_EXPERIMENT_NAME, then Default)")
     parser.add_argument("--filter", dest="filter_string",
                         help=f"extra MLflow filter, e.g. \"params.{cfg_param('epochs')} = '20'\"")
-    parser.add_argument("--reference", default="baseline", help="loss_type every arm is compared with")
+    parser.add_argument("--reference", default="baseline", help="loss_type every arm is compared with (default: %(default)s)")
     parser.add_argument("--group-by", help=f"compare within each value of this param (e.g. "
                         f"{cfg_param('epochs')}) or tag (tags.<name>) instead of refusing runs that "
                         "differ in it")
     parser.add_argument("--ignore-param", action="extend", type=_param_list, default=[], metavar="PARAM",
                         help=f"another {CFG_PREFIX}* param that may differ between arms (repeatable, "
                              "or comma-separated)")
-    parser.add_argument("--out", default="compare_output", help="output folder (replaced)")
-    parser.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate for Holm")
+    parser.add_argument("--out", default="compare_output", help="output folder, replaced whole (default: %(default)s)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate for Holm (default: %(default)s)")
     parser.add_argument("--min-seeds", type=int, default=3,
                         help="seeds (shared with the reference) needed for across-seed tests; "
-                             "the verdict needs at least 3 whatever this says")
-    parser.add_argument("--n-resamples", type=int, default=10_000, help="paired-bootstrap resamples")
+                             "the verdict needs at least 3 whatever this says (default: %(default)s)")
+    parser.add_argument("--n-resamples", type=int, default=10_000, help="paired-bootstrap resamples (default: %(default)s)")
     parser.add_argument("--bootstrap-seed", type=int, default=0,
-                        help="seed of the bootstrap and of Friedman's permutation draw")
+                        help="seed of the bootstrap and of Friedman's permutation draw (default: %(default)s)")
     parser.add_argument("--primary-test", default="paired_t", choices=PRIMARY_TESTS,
                         help="across-seed test deciding the verdict for the winner-reference pair "
-                             "(default: paired t-test on the per-seed differences)")
+                             "(default: paired_t, the paired t-test on the per-seed differences)")
     parser.add_argument("--resample", default="clusters", choices=RESAMPLE_UNITS,
-                        help="unit of the test-side paired bootstrap: test pictures (clusters, default) "
-                             "or single blocks, as if independent")
+                        help="unit of the test-side paired bootstrap: test pictures (clusters) "
+                             "or single blocks, as if independent (default: clusters)")
     parser.add_argument("--no-log", nargs="?", const=True, default=False, type=flag, metavar="BOOL",
-                        help="do not log a compare run to MLflow (--no-log alone, or --no-log true)")
+                        help="do not log a compare run to MLflow (--no-log alone, or --no-log true; "
+                             "default: log one)")
 
 
 def _check_args(args) -> None:

@@ -202,6 +202,9 @@ def load_runs(*, parent: str | None = None, experiment: str | None = None,
         raise UserError(f"no finished Stage-2 runs found ({description}); run the ablation first "
                         "(`mlflow run . -e ablation`) or point --experiment/--parent/--filter at it")
     records.sort(key=lambda r: (r.loss_type, r.seed))
+    backbones = {r.tags.get(STAGE1_RUN_TAG) for r in records}
+    if len(backbones) == 1 and None not in backbones:  # the frozen backbone every arm shares
+        description += f", on the backbone of Stage-1 run {backbones.pop()}"
     return Selection(exp_id, description, records, left_out)
 
 

@@ -37,6 +37,12 @@ def optional_int(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
 
 
+def store_dir(text: str) -> str:
+    """``--out``; empty (the MLproject default) is the store training reads by default, so
+    ``AV1_ABLATION_DATA`` moves both."""
+    return text.strip() or str(DEFAULT_DATA_DIR)
+
+
 def flag(text: str) -> bool:
     """A flag's optional value: the flag alone is true; ``true``/``false`` (or "", false) is
     what ``mlflow run`` passes."""
@@ -50,7 +56,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", action="append", metavar="SRC",
                         help=f"repeatable; one of {', '.join(SOURCE_KINDS)} (default: embedded; extended = embedded "
                              "plus the packaged photographs and clip, see `make extended-packages`)")
-    parser.add_argument("--out", default=str(DEFAULT_DATA_DIR), help="store directory (default: %(default)s)")
+    parser.add_argument("--out", type=store_dir, default="",
+                        help=f"store directory (default: {DEFAULT_DATA_DIR}; $AV1_ABLATION_DATA "
+                             "sets it, for training too)")
     parser.add_argument("--qp", nargs="+", default=None, metavar="Q",
                         help="aomenc cq-levels 0..63, e.g. 20 32 43 55 or \"20,32\" (default: 20 32 43 55)")
     parser.add_argument("--cpu-used", type=int, default=2, help="aomenc speed; <= 4 keeps AB (default: 2)")

@@ -57,7 +57,7 @@ def configure(parser) -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="children trained at once, each in a process of its own (default 1); "
                              "with GPUs, child i runs on GPU i mod the GPU count")
-    config_mod.add_config_arguments(parser, Stage2Config, exclude=ARM_FIELDS)
+    config_mod.add_config_arguments(parser, Stage2Config, STAGE2_PRESETS, exclude=ARM_FIELDS)
 
 
 def run(args) -> int:

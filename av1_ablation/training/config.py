@@ -149,16 +149,73 @@ def resolve(cls, overrides: dict, presets: dict[str, dict]):
     return cls(**values)
 
 
-def add_config_arguments(parser, cls, *, exclude: tuple[str, ...] = ()) -> None:
+# What --help says an option does, where its name alone does not say it
+OPTION_MEANINGS = {
+    "seed": "random seed of the run (initial weights, sampling, augmentation)",
+    "epochs": "at most this many epochs",
+    "patience": "stop after this many epochs without a better val macro-F1 (0: never stop early)",
+    "batch_size": "blocks per training batch",
+    "eval_batch_size": "blocks per evaluation batch",
+    "weight_decay": "AdamW weight decay",
+    "lr_min": "the learning rate at the end of the cosine schedule",
+    "lr_adapter": "AdamW learning rate of the adapters (and of the backbone with --finetune)",
+    "lr_head": "AdamW learning rate of the head",
+    "lr": "AdamW learning rate, cosine-annealed to --lr-min",
+    "plateau_factor": "ReduceLROnPlateau factor on val macro-F1",
+    "plateau_patience": "ReduceLROnPlateau patience in epochs",
+    "cb_beta": "beta of the class-balanced loss weights (Cui et al. 2019)",
+    "focal_alpha": "focal-loss weight of the positive (partitioned) class",
+    "focal_gamma": "focal-loss focusing parameter",
+    "adapter_reduction": "Conv-Adapter bottleneck: channels / this",
+    "adapter_layers": "backbone stages that get a Conv-Adapter",
+    "qp_input": "how the head reads the block's QP",
+    "finetune": "true: train the backbone too (the finetune reference)",
+    "sampler": "class-balanced sampling with replacement, or plain shuffling",
+    "augment": "true: a random dihedral transform of each training block",
+    "width": "channel multiplier of the ResNet-18 backbone (1.0: the paper's)",
+    "split_mode": "split by source picture, or by block as the original pipeline did",
+    "split_seed": "seed of the train/val/test split",
+    "folds": "K >= 2: grouped K-fold cross-validation over pictures",
+    "fold": "the fold this run tests, 0..K-1",
+    "stage1": "the frozen backbone: a Stage-1 run id, a checkpoint path, or auto (reuse or train one)",
+    "device": "where to train",
+}
+
+
+def add_config_arguments(parser, cls, presets: dict[str, dict], *,
+                         exclude: tuple[str, ...] = ()) -> None:
     """One ``--field-name`` option per field of ``cls`` but ``exclude`` (the fields the
     command sets itself, which it therefore refuses); default: the preset's value."""
     for f in fields(cls):
         if f.name in exclude:
             continue
-        default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
         parser.add_argument(option_name(f.name), dest=f.name, default=None,
-                            metavar=f.name.upper(),
-                            help=f"default: the preset's value ({default} in 'paper')")
+                            metavar=f.name.upper(), help=_option_help(f, presets))
+
+
+def _option_help(f, presets: dict[str, dict]) -> str:
+    """What ``--help`` says of a field: its choices, then its default in each preset."""
+    from av1_ablation.losses import LOSS_TYPES
+
+    if f.name == "preset":
+        return (f"where the other defaults come from: auto (paper on a CUDA machine, cpu "
+                f"otherwise), {', '.join(presets)} (default: auto)")
+    if f.name == "data":
+        return "data-set directory (default: the embedded data set, data/embedded or $AV1_ABLATION_DATA)"
+    choices = {"loss_type": LOSS_TYPES, "sampler": SAMPLERS, "qp_input": QP_INPUTS,
+               "split_mode": SPLIT_MODES, "device": (*DEVICES, "cuda:N")}.get(f.name)
+    if f.name == "adapter_layers":
+        words = f"one or more of {', '.join(ADAPTABLE_LAYERS)}"
+    else:
+        words = f"one of {', '.join(choices)}" if choices else ""
+    by_preset = {name: _format(values.get(f.name, f.default)).lower() if f.type == "bool"
+                 else _format(values.get(f.name, f.default)) for name, values in presets.items()}
+    if len(set(by_preset.values())) == 1:
+        default = f"default: {by_preset['paper']}"
+    else:
+        default = "default: the preset's, " + ", ".join(f"{v} in {k}" for k, v in by_preset.items())
+    what = ": ".join(part for part in (OPTION_MEANINGS.get(f.name, ""), words) if part)
+    return f"{what} ({default})" if what else default
 
 
 def from_args(cls, args, presets: dict[str, dict], **fixed):

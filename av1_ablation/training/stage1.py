@@ -44,7 +44,7 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def configure(parser) -> None:
-    config_mod.add_config_arguments(parser, Stage1Config)
+    config_mod.add_config_arguments(parser, Stage1Config, STAGE1_PRESETS)
 
 
 def run(args) -> int:

@@ -45,7 +45,7 @@ from av1_ablation.training.stage1 import resolve_stage1
 
 
 def configure(parser) -> None:
-    config_mod.add_config_arguments(parser, Stage2Config)
+    config_mod.add_config_arguments(parser, Stage2Config, STAGE2_PRESETS)
     parser.add_argument("--resume", metavar="RUN_ID", default=None,
                         help="continue a KILLED or FAILED run from its last completed epoch")
 
