@@ -49,6 +49,8 @@ def main() -> int:
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from av1_ablation.record.contract import BEST_VAL_MACRO_F1, KIND_STAGE2, TEST_F1_AB, TEST_MACRO_F1, kind_clause
+
     exp = mlflow.create_experiment(f"variants-{int(time.time())}", artifact_location=f"file://{work}/artifacts")
     os.environ["MLFLOW_EXPERIMENT_ID"] = exp
     print(f"work dir {work}", flush=True)
@@ -61,13 +63,13 @@ def main() -> int:
             t0 = time.perf_counter()
             with open(work / "train.log", "a") as log:
                 subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-            run = MlflowClient().search_runs([exp], "tags.`av1.kind` = 'stage2'",
+            run = MlflowClient().search_runs([exp], kind_clause(KIND_STAGE2),
                                              order_by=["attributes.start_time DESC"], max_results=1)[0]
             m = run.data.metrics
-            rows.append((name, seed, m["best_val_macro_f1"], m["test_macro_f1"], m["test_f1_ab"],
+            rows.append((name, seed, m[BEST_VAL_MACRO_F1], m[TEST_MACRO_F1], m[TEST_F1_AB],
                          time.perf_counter() - t0))
-            print(f"{name}, seed {seed}: val {m['best_val_macro_f1']:.4f} test {m['test_macro_f1']:.4f} "
-                  f"AB {m['test_f1_ab']:.4f}", flush=True)
+            print(f"{name}, seed {seed}: val {m[BEST_VAL_MACRO_F1]:.4f} test {m[TEST_MACRO_F1]:.4f} "
+                  f"AB {m[TEST_F1_AB]:.4f}", flush=True)
     print("\n| variant | seed | val macro-F1 (selection) | test macro-F1 | test AB F1 | wall time |")
     print("|---|---|---|---|---|---|")
     for name, seed, val, test, ab, seconds in rows:

@@ -26,6 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from av1_ablation.comparison.statistics import paired_seed_tests  # noqa: E402
+from av1_ablation.record.contract import (BEST_VAL_MACRO_F1, KIND_STAGE2, TEST_F1_AB,  # noqa: E402
+                                          TEST_MACRO_F1, cfg_param, kind_clause)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,12 +52,12 @@ def collect(variants: list[str]) -> dict[str, dict[tuple[str, int], dict[str, fl
 
     client = MlflowClient()
     out: dict = {v: {} for v in variants}
-    runs = client.search_runs([os.environ.get("MLFLOW_EXPERIMENT_ID", "0")], "tags.`av1.kind` = 'stage2' and attributes.status = 'FINISHED'",
+    runs = client.search_runs([os.environ.get("MLFLOW_EXPERIMENT_ID", "0")], kind_clause(KIND_STAGE2) + " and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=5000)
     for run in runs:
         p = run.data.params
-        variant = p.get("cfg.qp_input", "none")
-        key = (p["cfg.loss_type"], int(p["cfg.seed"]))
+        variant = p.get(cfg_param("qp_input"), "none")
+        key = (p[cfg_param("loss_type")], int(p[cfg_param("seed")]))
         if variant in out and key not in out[variant]:
             out[variant][key] = run.data.metrics
     return out
@@ -69,13 +71,13 @@ def report(found, seconds: dict[str, float]) -> str:
         if not runs:
             continue
         seeds = sorted({s for _, s in runs})
-        per_seed[variant] = {s: np.mean([m["best_val_macro_f1"] for (l, ss), m in runs.items() if ss == s])
+        per_seed[variant] = {s: np.mean([m[BEST_VAL_MACRO_F1] for (l, ss), m in runs.items() if ss == s])
                              for s in seeds}
         mean = lambda key, loss=None: 100 * np.mean([m[key] for (l, _), m in runs.items()  # noqa: E731
                                                      if loss in (None, l)])
-        lines.append(f"| {variant} | {len(runs)} | {mean('best_val_macro_f1'):.2f} | {mean('test_macro_f1'):.2f} | "
-                     f"{mean('best_val_macro_f1', 'baseline'):.2f} | {mean('test_macro_f1', 'baseline'):.2f} | "
-                     f"{mean('test_f1_ab', 'baseline'):.2f} | "
+        lines.append(f"| {variant} | {len(runs)} | {mean(BEST_VAL_MACRO_F1):.2f} | {mean(TEST_MACRO_F1):.2f} | "
+                     f"{mean(BEST_VAL_MACRO_F1, 'baseline'):.2f} | {mean(TEST_MACRO_F1, 'baseline'):.2f} | "
+                     f"{mean(TEST_F1_AB, 'baseline'):.2f} | "
                      f"{seconds.get(variant, float('nan')):.0f} s |")
     lines.append("")
     means = {v: np.mean(list(scores.values())) for v, scores in per_seed.items()}

@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from av1_ablation.losses import build_loss  # noqa: E402
-from av1_ablation.models import Backbone, Stage2Model, set_fast_paths  # noqa: E402
+from av1_ablation.models import ADAPTER_GROUP, HEAD_GROUP, Backbone, Stage2Model, set_fast_paths  # noqa: E402
 from av1_ablation.training.prefix import prefix_features  # noqa: E402
 from av1_ablation.training.tensors import N_DIHEDRAL, DeviceBlocks, epoch_generator, epoch_order  # noqa: E402
 from av1_ablation.training.threads import apply_thread_budget, default_threads  # noqa: E402
@@ -71,8 +71,8 @@ def make_model(width, device, fast):
 
 def optimiser(model):
     groups = model.parameter_groups()
-    return torch.optim.AdamW([{"params": groups["adapter"], "lr": 1e-3},
-                              {"params": groups["head"], "lr": 1e-4}], weight_decay=0.01)
+    return torch.optim.AdamW([{"params": groups[ADAPTER_GROUP], "lr": 1e-3},
+                              {"params": groups[HEAD_GROUP], "lr": 1e-4}], weight_decay=0.01)
 
 
 def sync(device):

@@ -42,8 +42,8 @@ def _predictions(loss_type, seed, *, clusters=True, accuracy=None):
 
 
 def log_stage2_run(client, exp_id, tmp_path, loss_type, seed, *, parent=None, cfg=None,
-                   status="FINISHED", predictions=True):
-    tags = {"av1.kind": "stage2", **TAGS}
+                   status="FINISHED", predictions=True, tags=None):
+    tags = {"av1.kind": "stage2", **TAGS, **(tags or {})}
     if parent:
         tags["mlflow.parentRunId"] = parent
     run = client.create_run(exp_id, tags=tags, run_name=f"{loss_type}-{seed}")
@@ -182,6 +182,21 @@ def test_different_dataset_tag_is_not_comparable(tracking_store, tmp_path):
     client.set_tag(rid, "av1.split_fingerprint", "other")
     with pytest.raises(UserError, match="av1.split_fingerprint"):
         compare.compare(parse())
+
+
+@pytest.mark.parametrize(("backbone_of", "named"), [
+    (lambda seed: {}, "Stage-1 run r1"),
+    (lambda seed: {"av1.stage1_run_id": f"r{seed}"}, None),
+    (lambda seed: {"av1.stage1_run_id": "", "av1.stage1_source": "/ckpt/s1.pt"}, "the Stage-1 checkpoint /ckpt/s1.pt"),
+    (lambda seed: {"av1.stage1_run_id": "", "av1.stage1_source": f"/ckpt/{seed}.pt"}, None),
+])
+def test_the_selection_names_the_backbone_every_run_shares(tracking_store, tmp_path, backbone_of, named):
+    uri, exp_id = tracking_store
+    for arm in ("baseline", "poly"):
+        for seed in (1, 2):
+            log_stage2_run(MlflowClient(uri), exp_id, tmp_path, arm, seed, tags=backbone_of(seed))
+    description = load_runs().description
+    assert description.endswith(f", on the backbone of {named}") if named else "backbone" not in description
 
 
 def test_no_runs_is_a_clear_error(tracking_store):

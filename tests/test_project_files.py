@@ -126,50 +126,63 @@ def test_dataset_entry_point_writes_where_training_reads(tmp_path):
     sub, pairs = entry_command("dataset")
     defaults = {k: v["default"] for k, v in mlproject()["entry_points"]["dataset"]["parameters"].items()}
     argv = [sub] + [part for flag, param in pairs.items() for part in (f"--{flag}", str(defaults[param]))]
-    probe = ("import sys; from av1_ablation import cli; from av1_ablation.dataset import DEFAULT_DATA_DIR; "
+    # training's data set when --data is not given: ensure_dataset(None), as load_split_data calls it
+    probe = ("import sys; from av1_ablation import cli; from av1_ablation.dataset import ensure_dataset; "
              "args = cli.build_parser(sys.argv[1:])[0].parse_args(sys.argv[1:]); "
-             "print(args.out); print(DEFAULT_DATA_DIR)")
-    for moved in (None, str(tmp_path / "elsewhere")):
+             "print(args.out); print(ensure_dataset(None))")
+    for moved in (None, tmp_path / "elsewhere"):
+        store = moved or tmp_path / "data" / "embedded"
+        store.mkdir(parents=True)
+        (store / "manifest.json").write_text("{}")  # a store is there: nothing is built
         env = {k: v for k, v in os.environ.items() if k != "AV1_ABLATION_DATA"}
-        env.update({"AV1_ABLATION_DATA": moved} if moved else {})
-        done = subprocess.run([sys.executable, "-c", probe, *argv], env=env, capture_output=True,
-                              text=True, check=True)
+        env.update({"AV1_ABLATION_DATA": str(moved)} if moved else {})
+        done = subprocess.run([sys.executable, "-c", probe, *argv], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, check=True)
         out, read = done.stdout.split()
-        assert out == read == (moved or "data/embedded")
+        assert (tmp_path / out).resolve() == (tmp_path / read).resolve() == store.resolve()
 
 
 def _help_of(sub: str) -> dict[str, str]:
-    """Each option's help text of ``av1-ablation <sub> --help``, by parameter name."""
+    """Each option's help text of ``av1-ablation <sub> --help``, by parameter name, on one line."""
     parser, _ = cli.build_parser([sub])
     formatter = parser._get_formatter()
-    return {name: formatter._expand_help(action) for name, action in cli_options(sub).items()
-            if action.help}
+    return {name: " ".join(formatter._expand_help(action).split())
+            for name, action in cli_options(sub).items() if action.help}
 
 
 @pytest.mark.parametrize("sub", ["train", "stage1", "ablation", "reference"])
 def test_help_gives_each_training_option_its_choices_and_defaults(sub):
     from av1_ablation.losses import LOSS_TYPES
+    from av1_ablation.record.contract import STAGE1_SCORE, STAGE2_SCORE
     from av1_ablation.training import config
 
     cls, presets = ((config.Stage1Config, config.STAGE1_PRESETS) if sub == "stage1"
                     else (config.Stage2Config, config.STAGE2_PRESETS))
     helps = _help_of(sub)
-    assert "default: auto" in helps["preset"] and all(p in helps["preset"] for p in presets)
+    assert helps["preset"].endswith("default: auto") and all(p in helps["preset"] for p in presets)
     for f in config.fields(cls):
         if f.name not in helps or f.name in ("preset", "data"):
             continue
-        text = " ".join(helps[f.name].split())
+        said = re.search(r"default: (.*)$", helps[f.name]).group(1)
+        expected = {}
         for preset, values in presets.items():
             value = values.get(f.name, f.default)
             value = ",".join(value) if isinstance(value, tuple) else str(value)
-            value = value.lower() if isinstance(f.default, bool) else value
-            where = f"{value} in {preset}" if "the preset's" in text else f"default: {value})"
-            assert where in text, f"{sub} --{f.name}: {text!r} lacks {where!r}"
+            expected[preset] = value.lower() if isinstance(f.default, bool) else value
+        if len(set(expected.values())) == 1:
+            assert said == expected["paper"], (sub, f.name, said)
+        else:
+            assert said == "the preset's, " + ", ".join(f"{v} in {k}" for k, v in expected.items()), \
+                (sub, f.name, said)
     choices = {"loss_type": LOSS_TYPES, "sampler": config.SAMPLERS, "qp_input": config.QP_INPUTS,
-               "split_mode": config.SPLIT_MODES, "device": config.DEVICES}
+               "split_mode": config.SPLIT_MODES, "device": (*config.DEVICES, "cuda:N"),
+               "adapter_layers": config.ADAPTABLE_LAYERS}
     for name, values in choices.items():
         if name in helps:
-            assert ", ".join(values) in " ".join(helps[name].split()), (sub, name)
+            assert f"of {', '.join(values)};" in helps[name], (sub, name)
+    # early stopping watches the score the checkpoint is selected on, which differs by stage
+    score = STAGE1_SCORE if sub == "stage1" else STAGE2_SCORE
+    assert f"without a better {score} " in helps["patience"]
     assert "AV1_ABLATION_DATA" in helps["data"]
 
 
@@ -177,7 +190,7 @@ def test_compare_help_states_every_default():
     helps = _help_of("compare")
     for name, action in cli_options("compare").items():
         if action.default not in (None, [], False):
-            assert f"default: {action.default}" in " ".join(helps[name].split()), name
+            assert f"default: {action.default}" in helps[name], name
 
 
 def test_main_and_train_are_the_same_entry_point():

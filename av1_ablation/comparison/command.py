@@ -30,7 +30,8 @@ from av1_ablation.dataset.command import flag
 from av1_ablation.errors import UserError
 from av1_ablation.record.contract import (CFG_PREFIX, COMPARE_REPORT, COMPARE_RUN_NAME,
                                           COMPARE_SUMMARY_CSV, COMPARE_SUMMARY_JSON,
-                                          COMPARED_RUNS_TAG, FIGURES_DIR, GBM, KIND_COMPARE, KIND_TAG, VERDICT_TAG, WINNER_TAG, cfg_param, compare_delta_metric)
+                                          COMPARED_RUNS_TAG, FIGURES_DIR, GBM, KIND_COMPARE, KIND_TAG,
+                                          TAGS_PREFIX, VERDICT_TAG, WINNER_TAG, cfg_param, compare_delta_metric)
 from av1_ablation.record.experiment import mark_model_training
 
 
@@ -47,7 +48,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"extra MLflow filter, e.g. \"params.{cfg_param('epochs')} = '20'\"")
     parser.add_argument("--reference", default="baseline", help="loss_type every arm is compared with (default: %(default)s)")
     parser.add_argument("--group-by", help=f"compare within each value of this param (e.g. "
-                        f"{cfg_param('epochs')}) or tag (tags.<name>) instead of refusing runs that "
+                        f"{cfg_param('epochs')}) or tag ({TAGS_PREFIX}<name>) instead of refusing runs that "
                         "differ in it")
     parser.add_argument("--ignore-param", action="extend", type=_param_list, default=[], metavar="PARAM",
                         help=f"another {CFG_PREFIX}* param that may differ between arms (repeatable, "

@@ -26,9 +26,9 @@ from av1_ablation.errors import UserError
 from av1_ablation.record.artifacts import read_predictions
 from av1_ablation.record.contract import (BLOCK_INDEX, CFG_PREFIX, CHILDREN_TAG, COMPARABILITY_TAGS,
                                           FOLD_PARAM, FOLDS_PARAM, KIND_ABLATION, KIND_STAGE2,
-                                          LOSS_TYPE_PARAM, SEED_PARAM, STAGE1_RUN_TAG, STAGE2_SCORE,
-                                          TAGS_PREFIX, TEST_PREDICTIONS, VALUE_WHEN_ABSENT, cfg_param,
-                                          children_clause, kind_clause, param_value, tagged)
+                                          LOSS_TYPE_PARAM, SEED_PARAM, STAGE1_RUN_TAG, STAGE1_SOURCE_TAG,
+                                          STAGE2_SCORE, TAGS_PREFIX, TEST_PREDICTIONS, VALUE_WHEN_ABSENT,
+                                          cfg_param, children_clause, kind_clause, param_value, tagged)
 
 # The ablation's own variables, and fields that do not change what is learned.
 # cfg.data is a local path; the data set itself is compared by its fingerprint tag.
@@ -202,9 +202,7 @@ def load_runs(*, parent: str | None = None, experiment: str | None = None,
         raise UserError(f"no finished Stage-2 runs found ({description}); run the ablation first "
                         "(`mlflow run . -e ablation`) or point --experiment/--parent/--filter at it")
     records.sort(key=lambda r: (r.loss_type, r.seed))
-    backbones = {r.tags.get(STAGE1_RUN_TAG) for r in records}
-    if len(backbones) == 1 and None not in backbones:  # the frozen backbone every arm shares
-        description += f", on the backbone of Stage-1 run {backbones.pop()}"
+    description += _shared_backbone(records)
     return Selection(exp_id, description, records, left_out)
 
 
@@ -345,6 +343,16 @@ def check_comparable(records: list[RunRecord], *, ignore=()) -> None:
                             "other test blocks than the rest; compare runs of the same data set and split")
 
 
+def _shared_backbone(records: list[RunRecord]) -> str:
+    """Where the Stage-1 backbone every run starts from came from, when they share one: a
+    Stage-1 run, or a checkpoint file (which has no run id)."""
+    for tag, words in ((STAGE1_RUN_TAG, "Stage-1 run"), (STAGE1_SOURCE_TAG, "the Stage-1 checkpoint")):
+        values = {r.tags.get(tag, "") for r in records}
+        if len(values) == 1 and all(values):
+            return f", on the backbone of {words} {values.pop()}"
+    return ""
+
+
 def group_value(params: dict[str, str], tags: dict[str, str], group_by: str | None) -> str | None:
     """The value of the ``--group-by`` key (a param, or ``tags.<name>``) in a run; None when
     it has none or no key is given."""
@@ -364,7 +372,7 @@ def group_records(records: list[RunRecord], group_by: str | None) -> dict[str, l
     if all(value(r) is None for r in records):
         known = sorted({k for r in records for k in r.params})
         raise UserError(f"--group-by {group_by}: no run has this param; use one of {', '.join(known)} "
-                        "(or tags.<name>)")
+                        f"(or {TAGS_PREFIX}<name>)")
     groups: dict[str, list[RunRecord]] = {}
     for r in records:
         groups.setdefault(f"{group_by}={value(r)}", []).append(r)

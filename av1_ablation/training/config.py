@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from av1_ablation.dataset.split import check_folds
 from av1_ablation.errors import UserError
 from av1_ablation.models.qp import QP_INPUTS
-from av1_ablation.record.contract import cfg_param
+from av1_ablation.record.contract import STAGE1_SCORE, STAGE2_SCORE, cfg_param
 
 ADAPTABLE_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 SAMPLERS = ("balanced", "none")
@@ -151,16 +151,16 @@ def resolve(cls, overrides: dict, presets: dict[str, dict]):
 
 # What --help says an option does, where its name alone does not say it
 OPTION_MEANINGS = {
-    "seed": "random seed of the run (initial weights, sampling, augmentation)",
+    "seed": "random seed of the run",
     "epochs": "at most this many epochs",
-    "patience": "stop after this many epochs without a better val macro-F1 (0: never stop early)",
+    "patience": "stop after this many epochs without a better {score} (0: never stop early)",
     "batch_size": "blocks per training batch",
     "eval_batch_size": "blocks per evaluation batch",
-    "weight_decay": "AdamW weight decay",
-    "lr_min": "the learning rate at the end of the cosine schedule",
-    "lr_adapter": "AdamW learning rate of the adapters (and of the backbone with --finetune)",
+    "lr_adapter": "AdamW learning rate of the adapters (and of the backbone where it trains)",
     "lr_head": "AdamW learning rate of the head",
     "lr": "AdamW learning rate, cosine-annealed to --lr-min",
+    "lr_min": "the learning rate at the end of the cosine schedule",
+    "weight_decay": "AdamW weight decay",
     "plateau_factor": "ReduceLROnPlateau factor on val macro-F1",
     "plateau_patience": "ReduceLROnPlateau patience in epochs",
     "cb_beta": "beta of the class-balanced loss weights (Cui et al. 2019)",
@@ -173,11 +173,13 @@ OPTION_MEANINGS = {
     "sampler": "class-balanced sampling with replacement, or plain shuffling",
     "augment": "true: a random dihedral transform of each training block",
     "width": "channel multiplier of the ResNet-18 backbone (1.0: the paper's)",
-    "split_mode": "split by source picture, or by block as the original pipeline did",
+    "split_mode": "split by source picture into train/val/test, or by block into 80%% train and "
+                  "20%% val with no test, as the original pipeline did",
     "split_seed": "seed of the train/val/test split",
-    "folds": "K >= 2: grouped K-fold cross-validation over pictures",
+    "folds": "1: one train/val/test split; K >= 2: grouped K-fold cross-validation over pictures",
     "fold": "the fold this run tests, 0..K-1",
-    "stage1": "the frozen backbone: a Stage-1 run id, a checkpoint path, or auto (reuse or train one)",
+    "stage1": "the Stage-1 backbone Stage 2 starts from: a Stage-1 run id, a checkpoint path, or auto "
+              "(reuse or train one)",
     "device": "where to train",
 }
 
@@ -190,32 +192,32 @@ def add_config_arguments(parser, cls, presets: dict[str, dict], *,
         if f.name in exclude:
             continue
         parser.add_argument(option_name(f.name), dest=f.name, default=None,
-                            metavar=f.name.upper(), help=_option_help(f, presets))
+                            metavar=f.name.upper(), help=option_help(cls, f, presets))
 
 
-def _option_help(f, presets: dict[str, dict]) -> str:
-    """What ``--help`` says of a field: its choices, then its default in each preset."""
+def option_help(cls, f, presets: dict[str, dict]) -> str:
+    """What ``--help`` says of a field: what it does, its choices, its default in each preset."""
     from av1_ablation.losses import LOSS_TYPES
 
     if f.name == "preset":
-        return (f"where the other defaults come from: auto (paper on a CUDA machine, cpu "
-                f"otherwise), {', '.join(presets)} (default: auto)")
+        return (f"where the other defaults come from: one of auto (paper on a CUDA machine, cpu "
+                f"otherwise), {', '.join(presets)}; default: auto")
     if f.name == "data":
-        return "data-set directory (default: the embedded data set, data/embedded or $AV1_ABLATION_DATA)"
+        return "data-set directory; default: the embedded data set, data/embedded or $AV1_ABLATION_DATA"
     choices = {"loss_type": LOSS_TYPES, "sampler": SAMPLERS, "qp_input": QP_INPUTS,
                "split_mode": SPLIT_MODES, "device": (*DEVICES, "cuda:N")}.get(f.name)
     if f.name == "adapter_layers":
         words = f"one or more of {', '.join(ADAPTABLE_LAYERS)}"
     else:
         words = f"one of {', '.join(choices)}" if choices else ""
+    meaning = OPTION_MEANINGS.get(f.name, "").format(score=STAGE1_SCORE if cls is Stage1Config else STAGE2_SCORE)
     by_preset = {name: _format(values.get(f.name, f.default)).lower() if f.type == "bool"
                  else _format(values.get(f.name, f.default)) for name, values in presets.items()}
     if len(set(by_preset.values())) == 1:
         default = f"default: {by_preset['paper']}"
     else:
         default = "default: the preset's, " + ", ".join(f"{v} in {k}" for k, v in by_preset.items())
-    what = ": ".join(part for part in (OPTION_MEANINGS.get(f.name, ""), words) if part)
-    return f"{what} ({default})" if what else default
+    return "; ".join(part for part in (": ".join(p for p in (meaning, words) if p), default) if part)
 
 
 def from_args(cls, args, presets: dict[str, dict], **fixed):
