@@ -2,7 +2,8 @@
 # Every measured figure of README.md and docs/, one script after the other on a quiet
 # machine (about 3 hours and 20 minutes on 2 cores, from the step times of its last runs; the extended data set needs `make extended-packages`). Each script's output goes to OUTDIR/<name>.out;
 # copy the figures from there, and name the commit printed first beside them
-# (tests/test_readme_results.py fails when av1_ablation/ has changed since that commit).
+# (tests/test_readme_results.py fails when av1_ablation/ or the other benchmark scripts have
+# changed since that commit).
 #
 #   bash benchmarks/all_figures.sh [OUTDIR [NAME...]]   # from the project root; needs `make setup`
 #
