@@ -307,10 +307,14 @@ def train_children(pid: int) -> list[int]:
 def test_sigterm_to_a_local_ablation_ends_the_running_and_the_queued_children(tiny_dataset_two_qps,
                                                                                tracking_store):
     _, exp = tracking_store
+    # children that cannot finish before the signal, however slowly this test sees them start
     proc = cli_process("ablation", "--losses", "baseline", "--seeds", "1,2,3,4,5", "--jobs", "2",
-                       "--threads", "1", "--data", str(tiny_dataset_two_qps), *SMOKE, "--epochs", "30",
-                       "--patience", "30")
-    running = wait_for(lambda: train_children(proc.pid), "a child in training", proc, timeout=300)
+                       "--threads", "1", "--data", str(tiny_dataset_two_qps), *SMOKE, "--epochs", "100000",
+                       "--patience", "0")
+    wait_for(lambda: [r for r in stage2_runs(exp, "RUNNING")
+                      if client().get_metric_history(r.info.run_id, "val_macro_f1")],
+             "a child's first epoch", proc, timeout=300)
+    running = wait_for(lambda: train_children(proc.pid), "the training children's pids", proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=180) == 143, proc.stderr.read()[-2000:]
     assert not [pid for pid in running if process_exists(pid)] and not train_children(proc.pid)
