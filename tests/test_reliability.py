@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from av1_ablation.cli import main
+from av1_ablation.errors import Terminated
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["--preset", "smoke", "--batch-size", "16"]
@@ -216,6 +217,36 @@ def test_the_run_mlflow_run_created_for_a_resume_ends_with_the_resume(tracking_s
     run = client().get_run(launch)
     assert run.info.status == "FAILED" and run.data.tags["av1.resumes"] == resumed
     assert run.data.tags["av1.failure_reason"] == f"resume={resumed} already FINISHED; nothing to resume"
+
+
+@pytest.mark.parametrize("exc, status, reason", [
+    (Terminated("received signal 15 (SIGTERM)"), "KILLED", "received signal 15 (SIGTERM)"),
+    (RuntimeError("tracking server gone"), "FAILED", "RuntimeError: tracking server gone"),
+])
+def test_a_run_stopped_while_it_starts_ends_with_its_kind_and_reason(tracking_store, monkeypatch, exc,
+                                                                    status, reason):
+    import av1_ablation.training.lifecycle as lifecycle
+
+    _, exp = tracking_store
+
+    mark = lifecycle.mark_model_training
+
+    def stopped_in_a_nested_run(experiment):  # a signal or an error between start_run and the kind tag
+        if len(client().search_runs([exp])) > 1:
+            raise exc
+        mark(experiment)
+
+    monkeypatch.setattr(lifecycle, "mark_model_training", stopped_in_a_nested_run)
+    with pytest.raises(type(exc)), lifecycle.tracked_run(kind="stage1", run_name="outer"):
+        with lifecycle.tracked_run(kind="stage2", run_name="inner"):
+            pytest.fail("the block must not run")
+    runs = {r.info.run_name: r for r in client().search_runs([exp])}
+    assert set(runs) == {"outer", "inner"}
+    for name, kind in (("outer", "stage1"), ("inner", "stage2")):  # neither is RUNNING or FINISHED
+        run = runs[name]
+        assert run.info.status == status, name
+        assert run.data.tags["av1.kind"] == kind and run.data.tags["av1.failure_reason"] == reason
+    assert runs["inner"].data.tags["mlflow.parentRunId"] == runs["outer"].info.run_id
 
 
 def _killed_run(tiny_dataset_two_qps, exp) -> str:

@@ -106,25 +106,20 @@ def tracked_run(*, kind: str, run_id: str | None = None, run_name: str | None = 
     ui's model-training view.
     """
     install_sigterm_handler()
-    nested = nested or mlflow.active_run() is not None
-    run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested)
-    mark_model_training(run.info.experiment_id)
-    mlflow.set_tags({KIND_TAG: kind, **(tags or {})})
+    outer = mlflow.active_run()
+    run = None
+    # the run is started inside the try: a signal or an error between start_run and the
+    # kind tag would otherwise leave it to MLflow's exit hook, which ends it FINISHED
     try:
+        run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested or outer is not None)
+        mark_model_training(run.info.experiment_id)
+        mlflow.set_tags({KIND_TAG: kind, **(tags or {})})
         yield run
-    except (KeyboardInterrupt, Terminated) as exc:
-        _name_run(exc, run.info.run_id, kind)
-        with signals_held():
-            with contextlib.suppress(Exception):
-                if on_interrupt is not None:
-                    on_interrupt()
-            mlflow.set_tag(FAILURE_TAG, end_reason(exc))
-            mlflow.end_run("KILLED")
-        raise
     except BaseException as exc:
-        _name_run(exc, run.info.run_id, kind)
-        mlflow.set_tag(FAILURE_TAG, end_reason(exc))
-        mlflow.end_run("FAILED")
+        run = run or _started_by_this_block(outer)
+        if run is None:
+            raise  # no run was started: nothing to end
+        _end_run(run, kind, exc, on_interrupt)
         raise
     else:
         # a resumed run carries the tags of the interruption it came back from
@@ -132,6 +127,30 @@ def tracked_run(*, kind: str, run_id: str | None = None, run_name: str | None = 
             if key in run.data.tags:
                 MlflowClient().delete_tag(run.info.run_id, key)
         mlflow.end_run("FINISHED")
+
+
+def _started_by_this_block(outer):
+    """The active run, if start_run made it active but was stopped before it returned it."""
+    active = mlflow.active_run()
+    if active is None or (outer is not None and active.info.run_id == outer.info.run_id):
+        return None
+    return active
+
+
+def _end_run(run, kind: str, exc: BaseException, on_interrupt) -> None:
+    """End the active run ``run`` KILLED (Ctrl-C, SIGTERM) or FAILED, with the reason and,
+    if the run ended before its kind was tagged, the kind."""
+    _name_run(exc, run.info.run_id, kind)
+    if isinstance(exc, (KeyboardInterrupt, Terminated)):
+        with signals_held():
+            with contextlib.suppress(Exception):
+                if on_interrupt is not None:
+                    on_interrupt()
+            mlflow.set_tags({KIND_TAG: kind, FAILURE_TAG: end_reason(exc)})
+            mlflow.end_run("KILLED")
+    else:
+        mlflow.set_tags({KIND_TAG: kind, FAILURE_TAG: end_reason(exc)})
+        mlflow.end_run("FAILED")
 
 
 def _name_run(exc: BaseException, run_id: str, kind: str) -> None:
