@@ -219,34 +219,72 @@ def test_the_run_mlflow_run_created_for_a_resume_ends_with_the_resume(tracking_s
     assert run.data.tags["av1.failure_reason"] == f"resume={resumed} already FINISHED; nothing to resume"
 
 
-@pytest.mark.parametrize("exc, status, reason", [
-    (Terminated("received signal 15 (SIGTERM)"), "KILLED", "received signal 15 (SIGTERM)"),
-    (RuntimeError("tracking server gone"), "FAILED", "RuntimeError: tracking server gone"),
+def _sigterm_to_this_process():
+    os.kill(os.getpid(), signal.SIGTERM)  # tracked_run has installed the handler that raises
+
+
+def _tracking_error():
+    raise RuntimeError("tracking server gone")
+
+
+@pytest.mark.parametrize("stop, where, status, reason", [
+    (_sigterm_to_this_process, "create_run", "KILLED", "received signal 15 (SIGTERM)"),  # inside start_run
+    (_sigterm_to_this_process, "mark_model_training", "KILLED", "received signal 15 (SIGTERM)"),
+    (_tracking_error, "mark_model_training", "FAILED", "RuntimeError: tracking server gone"),
 ])
-def test_a_run_stopped_while_it_starts_ends_with_its_kind_and_reason(tracking_store, monkeypatch, exc,
+def test_a_run_stopped_while_it_starts_ends_with_its_kind_and_reason(tracking_store, monkeypatch, stop, where,
                                                                     status, reason):
+    """A signal or an error between start_run and the kind tag, in a nested run: the nested
+    run and the run it is nested in both end, neither RUNNING nor FINISHED."""
+    import mlflow
+
     import av1_ablation.training.lifecycle as lifecycle
 
     _, exp = tracking_store
+    owner = mlflow.MlflowClient if where == "create_run" else lifecycle
+    real = getattr(owner, where)
 
-    mark = lifecycle.mark_model_training
-
-    def stopped_in_a_nested_run(experiment):  # a signal or an error between start_run and the kind tag
+    def stopped_in_the_nested_run(*args, **kwargs):
+        result = real(*args, **kwargs)
         if len(client().search_runs([exp])) > 1:
-            raise exc
-        mark(experiment)
+            stop()
+        return result
 
-    monkeypatch.setattr(lifecycle, "mark_model_training", stopped_in_a_nested_run)
-    with pytest.raises(type(exc)), lifecycle.tracked_run(kind="stage1", run_name="outer"):
+    monkeypatch.setattr(owner, where, stopped_in_the_nested_run)
+    with pytest.raises((Terminated, RuntimeError)) as raised, \
+            lifecycle.tracked_run(kind="stage1", run_name="outer"):
         with lifecycle.tracked_run(kind="stage2", run_name="inner"):
             pytest.fail("the block must not run")
     runs = {r.info.run_name: r for r in client().search_runs([exp])}
-    assert set(runs) == {"outer", "inner"}
-    for name, kind in (("outer", "stage1"), ("inner", "stage2")):  # neither is RUNNING or FINISHED
+    assert set(runs) == {"outer", "inner"} and mlflow.active_run() is None
+    for name, kind in (("outer", "stage1"), ("inner", "stage2")):
         run = runs[name]
         assert run.info.status == status, name
         assert run.data.tags["av1.kind"] == kind and run.data.tags["av1.failure_reason"] == reason
     assert runs["inner"].data.tags["mlflow.parentRunId"] == runs["outer"].info.run_id
+    assert raised.value.av1_run == (runs["inner"].info.run_id, "stage2")  # the message names it
+
+
+def test_a_resume_that_fails_to_start_leaves_the_run_ended(tracking_store, monkeypatch):
+    """start_run marks a resumed run RUNNING before its last calls to the store."""
+    import mlflow
+
+    import av1_ablation.training.lifecycle as lifecycle
+
+    _, exp = tracking_store
+    resumed = client().create_run(exp, run_name="poly-seed42", tags={"av1.kind": "stage2"}).info.run_id
+    client().set_terminated(resumed, "KILLED")
+
+    def fails_after_marking_it_running(*, run_id, **_):
+        client().update_run(run_id, status="RUNNING")
+        _tracking_error()
+
+    monkeypatch.setattr(mlflow, "start_run", fails_after_marking_it_running)
+    with pytest.raises(RuntimeError), lifecycle.tracked_run(kind="stage2", run_id=resumed):
+        pytest.fail("the block must not run")
+    run = client().get_run(resumed)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["av1.failure_reason"] == "RuntimeError: tracking server gone"
 
 
 def _killed_run(tiny_dataset_two_qps, exp) -> str:

@@ -94,6 +94,26 @@ def log_new_params(params: dict[str, str]) -> None:
 
 
 @contextlib.contextmanager
+def signals_deferred():
+    """Ctrl-C and SIGTERM inside wait for the end of the block, then act as they would have:
+    for steps that must not be cut in two, where a signal must not be lost either."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in saved:
+        signal.signal(s, lambda signum, _: received.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+        if received:
+            signal.raise_signal(received[0])  # to the restored handler: it raises here
+
+
+@contextlib.contextmanager
 def tracked_run(*, kind: str, run_id: str | None = None, run_name: str | None = None,
                 tags: dict | None = None, nested: bool = False, on_interrupt=None):
     """Start (or resume) a run and end it FINISHED, FAILED or KILLED.
@@ -106,20 +126,22 @@ def tracked_run(*, kind: str, run_id: str | None = None, run_name: str | None = 
     ui's model-training view.
     """
     install_sigterm_handler()
-    outer = mlflow.active_run()
+    nested = nested or mlflow.active_run() is not None
     run = None
-    # the run is started inside the try: a signal or an error between start_run and the
-    # kind tag would otherwise leave it to MLflow's exit hook, which ends it FINISHED
     try:
-        run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested or outer is not None)
-        mark_model_training(run.info.experiment_id)
-        mlflow.set_tags({KIND_TAG: kind, **(tags or {})})
+        # a run stopped between start_run and its kind tag would be left RUNNING, or ended
+        # FINISHED by MLflow's exit hook: a signal there waits until the run is tagged
+        with signals_deferred():
+            run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested)
+            mark_model_training(run.info.experiment_id)
+            mlflow.set_tags({KIND_TAG: kind, **(tags or {})})
         yield run
     except BaseException as exc:
-        run = run or _started_by_this_block(outer)
-        if run is None:
-            raise  # no run was started: nothing to end
-        _end_run(run, kind, exc, on_interrupt)
+        if run is not None:
+            _end_run(kind, exc, on_interrupt)
+        elif run_id is not None:
+            # start_run marks a resumed run RUNNING before its last calls to the store
+            _end_resume_that_did_not_start(run_id, kind, exc)
         raise
     else:
         # a resumed run carries the tags of the interruption it came back from
@@ -129,28 +151,29 @@ def tracked_run(*, kind: str, run_id: str | None = None, run_name: str | None = 
         mlflow.end_run("FINISHED")
 
 
-def _started_by_this_block(outer):
-    """The active run, if start_run made it active but was stopped before it returned it."""
-    active = mlflow.active_run()
-    if active is None or (outer is not None and active.info.run_id == outer.info.run_id):
-        return None
-    return active
-
-
-def _end_run(run, kind: str, exc: BaseException, on_interrupt) -> None:
-    """End the active run ``run`` KILLED (Ctrl-C, SIGTERM) or FAILED, with the reason and,
-    if the run ended before its kind was tagged, the kind."""
-    _name_run(exc, run.info.run_id, kind)
-    if isinstance(exc, (KeyboardInterrupt, Terminated)):
-        with signals_held():
+def _end_run(kind: str, exc: BaseException, on_interrupt) -> None:
+    """End the active run KILLED (Ctrl-C, SIGTERM) or FAILED with the reason, and with its
+    kind in case it stopped before being tagged."""
+    _name_run(exc, mlflow.active_run().info.run_id, kind)
+    interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
+    with signals_held():
+        if interrupted and on_interrupt is not None:
             with contextlib.suppress(Exception):
-                if on_interrupt is not None:
-                    on_interrupt()
+                on_interrupt()
+        # a tag the store refuses must not keep the run active: the enclosing run's handler
+        # would end this one in its place and leave itself RUNNING
+        with contextlib.suppress(Exception):
             mlflow.set_tags({KIND_TAG: kind, FAILURE_TAG: end_reason(exc)})
-            mlflow.end_run("KILLED")
-    else:
-        mlflow.set_tags({KIND_TAG: kind, FAILURE_TAG: end_reason(exc)})
-        mlflow.end_run("FAILED")
+        mlflow.end_run("KILLED" if interrupted else "FAILED")
+
+
+def _end_resume_that_did_not_start(run_id: str, kind: str, exc: BaseException) -> None:
+    with signals_held(), contextlib.suppress(Exception):
+        client = MlflowClient()
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, KIND_TAG, kind)
+            fail_pending_run(end_reason(exc), run_id,
+                             status="KILLED" if isinstance(exc, (KeyboardInterrupt, Terminated)) else "FAILED")
 
 
 def _name_run(exc: BaseException, run_id: str, kind: str) -> None:
