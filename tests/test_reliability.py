@@ -266,25 +266,91 @@ def test_a_run_stopped_while_it_starts_ends_with_its_kind_and_reason(tracking_st
 
 
 def test_a_resume_that_fails_to_start_leaves_the_run_ended(tracking_store, monkeypatch):
-    """start_run marks a resumed run RUNNING before its last calls to the store."""
-    import mlflow
+    """start_run marks a resumed run RUNNING before its last call to the store."""
+    from mlflow import MlflowClient
 
     import av1_ablation.training.lifecycle as lifecycle
 
     _, exp = tracking_store
     resumed = client().create_run(exp, run_name="poly-seed42", tags={"av1.kind": "stage2"}).info.run_id
     client().set_terminated(resumed, "KILLED")
+    real_get_run, failed = MlflowClient.get_run, []
 
-    def fails_after_marking_it_running(*, run_id, **_):
-        client().update_run(run_id, status="RUNNING")
-        _tracking_error()
+    def fails_once_the_run_is_running(self, run_id):
+        run = real_get_run(self, run_id)
+        if run.info.status == "RUNNING" and not failed:
+            failed.append(run_id)
+            _tracking_error()
+        return run
 
-    monkeypatch.setattr(mlflow, "start_run", fails_after_marking_it_running)
-    with pytest.raises(RuntimeError), lifecycle.tracked_run(kind="stage2", run_id=resumed):
+    monkeypatch.setattr(MlflowClient, "get_run", fails_once_the_run_is_running)
+    with pytest.raises(RuntimeError) as raised, lifecycle.tracked_run(kind="stage2", run_id=resumed):
         pytest.fail("the block must not run")
+    assert failed == [resumed] and raised.value.av1_run == (resumed, "stage2")
     run = client().get_run(resumed)
     assert run.info.status == "FAILED"
     assert run.data.tags["av1.failure_reason"] == "RuntimeError: tracking server gone"
+
+
+@pytest.mark.parametrize("ending, how", [("FAILED", "signal"), ("FAILED", "refused"),
+                                         ("FINISHED", "signal")])
+def test_a_nested_run_ends_itself_whatever_happens_while_it_ends(tracking_store, monkeypatch, ending, how):
+    """A SIGTERM, or a store refusing the failure tag, while the nested run is being ended: that
+    run still ends (a signal acts after), and the run it is nested in ends too."""
+    import mlflow
+
+    import av1_ablation.training.lifecycle as lifecycle
+
+    _, exp = tracking_store
+    real_end_run, real_set_tags = mlflow.end_run, mlflow.set_tags
+
+    def signalled_while_the_inner_run_ends(status="FINISHED"):
+        if status == ending and mlflow.active_run().info.run_name == "inner":
+            _sigterm_to_this_process()
+        real_end_run(status)
+
+    def refuses_the_reason(tags, **kwargs):
+        if "av1.failure_reason" in tags:
+            _tracking_error()
+        real_set_tags(tags, **kwargs)
+
+    if how == "signal":
+        monkeypatch.setattr(mlflow, "end_run", signalled_while_the_inner_run_ends)
+    else:
+        monkeypatch.setattr(mlflow, "set_tags", refuses_the_reason)
+    expected = Terminated if how == "signal" else ValueError
+    with pytest.raises(expected), lifecycle.tracked_run(kind="stage1", run_name="outer"):
+        with lifecycle.tracked_run(kind="stage2", run_name="inner"):
+            if ending == "FAILED":
+                raise ValueError("a bug in the block")
+    runs = {r.info.run_name: r for r in client().search_runs([exp])}
+    assert runs["inner"].info.status == ending and mlflow.active_run() is None
+    assert runs["outer"].info.status == ("KILLED" if how == "signal" else "FAILED")
+
+
+def test_signals_deferred_acts_after_the_block_or_at_a_second_signal():
+    from av1_ablation.training.lifecycle import install_sigterm_handler, signals_deferred
+
+    install_sigterm_handler()
+    reached = []
+    with pytest.raises(Terminated):
+        with signals_deferred():
+            _sigterm_to_this_process()
+            reached.append("after the first")
+    assert reached == ["after the first"]
+    with pytest.raises(Terminated):
+        with signals_deferred():
+            _sigterm_to_this_process()
+            _sigterm_to_this_process()  # the user insists: a stuck block can still be stopped
+            reached.append("after the second")
+    assert reached == ["after the first"]
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with signals_deferred():  # an ignored signal stays ignored
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _killed_run(tiny_dataset_two_qps, exp) -> str:

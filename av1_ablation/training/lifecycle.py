@@ -96,21 +96,35 @@ def log_new_params(params: dict[str, str]) -> None:
 @contextlib.contextmanager
 def signals_deferred():
     """Ctrl-C and SIGTERM inside wait for the end of the block, then act as they would have:
-    for steps that must not be cut in two, where a signal must not be lost either."""
+    for steps that must not be cut in two, where a signal must not be lost either. A second
+    one acts at once, so that a block stuck on a store that does not answer can be stopped."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received = []
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    saved = {s: h for s in (signal.SIGINT, signal.SIGTERM)
+             if (h := signal.getsignal(s)) not in (signal.SIG_IGN, None)}  # ignored stays ignored
+    pending = []
+
+    def restore():
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+    def defer(signum, _frame):
+        if not pending:
+            pending.append(signum)
+            return
+        pending.clear()
+        restore()
+        signal.raise_signal(signum)  # the restored handler raises here, inside the block
+
     for s in saved:
-        signal.signal(s, lambda signum, _: received.append(signum))
+        signal.signal(s, defer)
     try:
         yield
     finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler)
-        if received:
-            signal.raise_signal(received[0])  # to the restored handler: it raises here
+        restore()
+        if pending:
+            signal.raise_signal(pending.pop())
 
 
 @contextlib.contextmanager
@@ -138,25 +152,30 @@ def tracked_run(*, kind: str, run_id: str | None = None, run_name: str | None = 
         yield run
     except BaseException as exc:
         if run is not None:
-            _end_run(kind, exc, on_interrupt)
+            _end_run(run, kind, exc, on_interrupt)
         elif run_id is not None:
             # start_run marks a resumed run RUNNING before its last calls to the store
             _end_resume_that_did_not_start(run_id, kind, exc)
         raise
     else:
-        # a resumed run carries the tags of the interruption it came back from
-        for key in FAILURE_TAGS:
-            if key in run.data.tags:
-                MlflowClient().delete_tag(run.info.run_id, key)
-        mlflow.end_run("FINISHED")
+        # the run ends FINISHED even if the store refuses a tag or a signal comes (it acts
+        # after): left active, it would be ended by the enclosing run's handler in its place
+        with signals_deferred():
+            with contextlib.suppress(Exception):
+                # a resumed run carries the tags of the interruption it came back from
+                for key in FAILURE_TAGS:
+                    if key in run.data.tags:
+                        MlflowClient().delete_tag(run.info.run_id, key)
+            mlflow.end_run("FINISHED")
 
 
-def _end_run(kind: str, exc: BaseException, on_interrupt) -> None:
-    """End the active run KILLED (Ctrl-C, SIGTERM) or FAILED with the reason, and with its
+def _end_run(run, kind: str, exc: BaseException, on_interrupt) -> None:
+    """End the active run ``run`` KILLED (Ctrl-C, SIGTERM) or FAILED with the reason, and with its
     kind in case it stopped before being tagged."""
-    _name_run(exc, mlflow.active_run().info.run_id, kind)
+    _name_run(exc, run.info.run_id, kind)
     interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
-    with signals_held():
+    # a second stop signal is dropped; a first one, during the clean-up of an error, acts after it
+    with signals_held() if interrupted else signals_deferred():
         if interrupted and on_interrupt is not None:
             with contextlib.suppress(Exception):
                 on_interrupt()
@@ -168,6 +187,7 @@ def _end_run(kind: str, exc: BaseException, on_interrupt) -> None:
 
 
 def _end_resume_that_did_not_start(run_id: str, kind: str, exc: BaseException) -> None:
+    _name_run(exc, run_id, kind)
     with signals_held(), contextlib.suppress(Exception):
         client = MlflowClient()
         if client.get_run(run_id).info.status == "RUNNING":
