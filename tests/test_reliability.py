@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from av1_ablation.cli import main
-from av1_ablation.errors import Terminated
+from av1_ablation.errors import Terminated, raise_terminated
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["--preset", "smoke", "--batch-size", "16"]
@@ -344,13 +344,49 @@ def test_signals_deferred_acts_after_the_block_or_at_a_second_signal():
             _sigterm_to_this_process()  # the user insists: a stuck block can still be stopped
             reached.append("after the second")
     assert reached == ["after the first"]
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        with pytest.raises(KeyboardInterrupt):  # Ctrl-C, and the SIGTERM a parent sends after it
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                _sigterm_to_this_process()
+                reached.append("after both")
+        assert reached == ["after the first", "after both"]
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         with signals_deferred():  # an ignored signal stays ignored
             os.kill(os.getpid(), signal.SIGINT)
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is raise_terminated
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_nested_run_stopped_before_it_could_end_itself_is_ended_by_the_enclosing_run(tracking_store,
+                                                                                     monkeypatch):
+    """A second signal at the very start of the nested run's handler, before it holds signals."""
+    import mlflow
+
+    import av1_ablation.training.lifecycle as lifecycle
+
+    _, exp = tracking_store
+    real_name_run, hit = lifecycle._name_run, []
+
+    def second_signal_for_the_inner_run(exc, run_id, kind):
+        if kind == "stage2" and not hit:
+            hit.append(run_id)
+            raise Terminated("received signal 15 (SIGTERM)")
+        real_name_run(exc, run_id, kind)
+
+    monkeypatch.setattr(lifecycle, "_name_run", second_signal_for_the_inner_run)
+    with pytest.raises(Terminated), lifecycle.tracked_run(kind="stage1", run_name="outer"):
+        with lifecycle.tracked_run(kind="stage2", run_name="inner"):
+            raise KeyboardInterrupt
+    runs = {r.info.run_name: r for r in client().search_runs([exp])}
+    assert mlflow.active_run() is None and not lifecycle._open_runs
+    assert runs["inner"].info.run_id == hit[0]
+    for name in ("outer", "inner"):
+        assert runs[name].info.status == "KILLED", name
+        assert runs[name].data.tags["av1.failure_reason"] == "received signal 15 (SIGTERM)", name
 
 
 def _killed_run(tiny_dataset_two_qps, exp) -> str:

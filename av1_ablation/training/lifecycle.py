@@ -36,6 +36,26 @@ def install_sigterm_handler() -> None:
     signal.signal(signal.SIGTERM, raise_terminated)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop_handlers() -> dict:
+    """The current Python handlers of Ctrl-C and SIGTERM; an ignored signal stays ignored, and
+    one whose handler was not set from Python is left alone."""
+    return {s: h for s in STOP_SIGNALS if (h := signal.getsignal(s)) not in (signal.SIG_IGN, None)}
+
+
+def _set_handlers(handlers: dict) -> None:
+    """Set the handlers of both signals at once: a signal between two ``signal.signal`` calls
+    would find one handler swapped and the other not, and leave it so."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set(handlers))
+    try:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 @contextlib.contextmanager
 def signals_held():
     """Ctrl-C and SIGTERM do nothing inside: the clean-up after a first one must not be cut
@@ -43,14 +63,12 @@ def signals_held():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in saved:
-        signal.signal(s, lambda *_: None)
+    saved = _stop_handlers()
+    _set_handlers({s: lambda *_: None for s in saved})
     try:
         yield
     finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler)
+        _set_handlers(saved)
 
 
 def git_commit() -> str | None:
@@ -96,35 +114,36 @@ def log_new_params(params: dict[str, str]) -> None:
 @contextlib.contextmanager
 def signals_deferred():
     """Ctrl-C and SIGTERM inside wait for the end of the block, then act as they would have:
-    for steps that must not be cut in two, where a signal must not be lost either. A second
-    one acts at once, so that a block stuck on a store that does not answer can be stopped."""
+    for steps that must not be cut in two, where a signal must not be lost either.
+
+    The same signal again acts at once, so that a block stuck on a tracking server that does
+    not answer can still be stopped; the other one does not (a terminal's Ctrl-C and the
+    SIGTERM that ``mlflow run`` or an ablation parent sends after it are one stop)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    saved = {s: h for s in (signal.SIGINT, signal.SIGTERM)
-             if (h := signal.getsignal(s)) not in (signal.SIG_IGN, None)}  # ignored stays ignored
+    saved = _stop_handlers()
     pending = []
-
-    def restore():
-        for s, handler in saved.items():
-            signal.signal(s, handler)
 
     def defer(signum, _frame):
         if not pending:
             pending.append(signum)
-            return
-        pending.clear()
-        restore()
-        signal.raise_signal(signum)  # the restored handler raises here, inside the block
+        elif pending[0] == signum:
+            pending.clear()
+            _set_handlers(saved)
+            signal.raise_signal(signum)  # the restored handler raises here, inside the block
 
-    for s in saved:
-        signal.signal(s, defer)
+    _set_handlers({s: defer for s in saved})
     try:
         yield
     finally:
-        restore()
+        _set_handlers(saved)
         if pending:
-            signal.raise_signal(pending.pop())
+            signal.raise_signal(pending.pop())  # the restored handler raises here, after the block
+
+
+# the runs tracked_run has started and not yet ended, outermost first
+_open_runs: list[str] = []
 
 
 @contextlib.contextmanager
@@ -141,52 +160,75 @@ def tracked_run(*, kind: str, run_id: str | None = None, run_name: str | None = 
     """
     install_sigterm_handler()
     nested = nested or mlflow.active_run() is not None
+    reopened = run_id or os.environ.get("MLFLOW_RUN_ID")  # start_run marks it RUNNING first
     run = None
     try:
         # a run stopped between start_run and its kind tag would be left RUNNING, or ended
         # FINISHED by MLflow's exit hook: a signal there waits until the run is tagged
         with signals_deferred():
             run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested)
+            _open_runs.append(run.info.run_id)
             mark_model_training(run.info.experiment_id)
             mlflow.set_tags({KIND_TAG: kind, **(tags or {})})
         yield run
     except BaseException as exc:
         if run is not None:
             _end_run(run, kind, exc, on_interrupt)
-        elif run_id is not None:
-            # start_run marks a resumed run RUNNING before its last calls to the store
-            _end_resume_that_did_not_start(run_id, kind, exc)
+        elif reopened is not None:
+            _end_reopened_run(reopened, kind, exc)
         raise
     else:
         # the run ends FINISHED even if the store refuses a tag or a signal comes (it acts
-        # after): left active, it would be ended by the enclosing run's handler in its place
+        # after): left active, it would take the tags meant for the run it is nested in
         with signals_deferred():
             with contextlib.suppress(Exception):
                 # a resumed run carries the tags of the interruption it came back from
                 for key in FAILURE_TAGS:
                     if key in run.data.tags:
                         MlflowClient().delete_tag(run.info.run_id, key)
-            mlflow.end_run("FINISHED")
+            _end_active_run("FINISHED")
 
 
 def _end_run(run, kind: str, exc: BaseException, on_interrupt) -> None:
-    """End the active run ``run`` KILLED (Ctrl-C, SIGTERM) or FAILED with the reason, and with its
-    kind in case it stopped before being tagged."""
+    """End ``run`` KILLED (Ctrl-C, SIGTERM) or FAILED with the reason, and with its kind in
+    case it stopped before being tagged."""
     _name_run(exc, run.info.run_id, kind)
     interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
+    status, reason = ("KILLED" if interrupted else "FAILED"), end_reason(exc)
     # a second stop signal is dropped; a first one, during the clean-up of an error, acts after it
     with signals_held() if interrupted else signals_deferred():
+        if run.info.run_id not in _open_runs:
+            return  # already ended
+        # a run nested in this one that a signal stopped before it could end itself is still
+        # active above it: end it first, so that what follows goes to this run
+        for above in reversed(_open_runs[_open_runs.index(run.info.run_id) + 1:]):
+            if (active := mlflow.active_run()) is None or active.info.run_id != above:
+                break
+            _end_active_run(status, {FAILURE_TAG: reason})
+        if (active := mlflow.active_run()) is None or active.info.run_id != run.info.run_id:
+            return
         if interrupted and on_interrupt is not None:
             with contextlib.suppress(Exception):
                 on_interrupt()
-        # a tag the store refuses must not keep the run active: the enclosing run's handler
-        # would end this one in its place and leave itself RUNNING
+        _end_active_run(status, {KIND_TAG: kind, FAILURE_TAG: reason})
+
+
+def _end_active_run(status: str, tags: dict | None = None) -> None:
+    """End the active run; a store that refuses the tags or the status neither keeps it active
+    (MLflow takes it off its stack first) nor hides the error that ended it."""
+    run_id = mlflow.active_run().info.run_id
+    if tags:
         with contextlib.suppress(Exception):
-            mlflow.set_tags({KIND_TAG: kind, FAILURE_TAG: end_reason(exc)})
-        mlflow.end_run("KILLED" if interrupted else "FAILED")
+            mlflow.set_tags(tags)
+    with contextlib.suppress(Exception):
+        mlflow.end_run(status)
+    with contextlib.suppress(ValueError):
+        _open_runs.remove(run_id)
 
 
-def _end_resume_that_did_not_start(run_id: str, kind: str, exc: BaseException) -> None:
+def _end_reopened_run(run_id: str, kind: str, exc: BaseException) -> None:
+    """End the run start_run was reopening (a resume's, or the one ``mlflow run`` created) and
+    marked RUNNING, when it failed before returning it."""
     _name_run(exc, run_id, kind)
     with signals_held(), contextlib.suppress(Exception):
         client = MlflowClient()
