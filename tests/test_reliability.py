@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from av1_ablation.cli import main
-from av1_ablation.errors import Terminated, raise_terminated
+from av1_ablation.errors import Terminated
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["--preset", "smoke", "--batch-size", "16"]
@@ -328,65 +328,76 @@ def test_a_nested_run_ends_itself_whatever_happens_while_it_ends(tracking_store,
     assert runs["outer"].info.status == ("KILLED" if how == "signal" else "FAILED")
 
 
-def test_signals_deferred_acts_after_the_block_or_at_a_second_signal():
-    from av1_ablation.training.lifecycle import install_sigterm_handler, signals_deferred
+def test_signals_deferred_acts_after_the_block_or_at_the_same_signal_again():
+    from av1_ablation.training.lifecycle import install_stop_handlers, signals_deferred, signals_held
 
-    install_sigterm_handler()
-    reached = []
-    with pytest.raises(Terminated):
-        with signals_deferred():
-            _sigterm_to_this_process()
-            reached.append("after the first")
-    assert reached == ["after the first"]
-    with pytest.raises(Terminated):
-        with signals_deferred():
-            _sigterm_to_this_process()
-            _sigterm_to_this_process()  # the user insists: a stuck block can still be stopped
-            reached.append("after the second")
-    assert reached == ["after the first"]
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        install_stop_handlers()
+        reached = []
+        with pytest.raises(Terminated):
+            with signals_deferred():
+                _sigterm_to_this_process()
+                reached.append("after the first")
+        assert reached == ["after the first"]
+        with pytest.raises(Terminated):
+            with signals_deferred():
+                _sigterm_to_this_process()
+                _sigterm_to_this_process()  # the user insists: a stuck block can still be stopped
+                reached.append("after the second")
+        assert reached == ["after the first"]
         with pytest.raises(KeyboardInterrupt):  # Ctrl-C, and the SIGTERM a parent sends after it
             with signals_deferred():
                 os.kill(os.getpid(), signal.SIGINT)
                 _sigterm_to_this_process()
                 reached.append("after both")
         assert reached == ["after the first", "after both"]
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        with signals_deferred():  # an ignored signal stays ignored
+        with signals_held():  # dropped, even when a deferring block inside ends
+            with signals_deferred():
+                _sigterm_to_this_process()
             os.kill(os.getpid(), signal.SIGINT)
+            reached.append("held")
+        assert reached[-1] == "held"
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        install_stop_handlers()  # an ignored signal stays ignored
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-        assert signal.getsignal(signal.SIGTERM) is raise_terminated
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
-def test_a_nested_run_stopped_before_it_could_end_itself_is_ended_by_the_enclosing_run(tracking_store,
-                                                                                     monkeypatch):
-    """A second signal at the very start of the nested run's handler, before it holds signals."""
+@pytest.mark.parametrize("cuts, inner_reason", [
+    (1, "interrupted by the user"),  # the nested run's handler runs again and ends it
+    (2, "received signal 15 (SIGTERM)"),  # cut twice: the enclosing run ends it, with its reason
+])
+def test_a_nested_run_whose_ending_a_signal_cut_short_is_still_ended(tracking_store, monkeypatch, cuts,
+                                                                     inner_reason):
+    """A SIGTERM at the very start of the nested run's handler, before it holds signals (a
+    terminal's Ctrl-C and the SIGTERM sent after it)."""
     import mlflow
 
     import av1_ablation.training.lifecycle as lifecycle
 
     _, exp = tracking_store
     real_name_run, hit = lifecycle._name_run, []
+    open_before = list(lifecycle._open_runs)
 
-    def second_signal_for_the_inner_run(exc, run_id, kind):
-        if kind == "stage2" and not hit:
+    def sigterm_in_the_inner_handler(exc, run_id, kind):
+        if kind == "stage2" and len(hit) < cuts:
             hit.append(run_id)
             raise Terminated("received signal 15 (SIGTERM)")
         real_name_run(exc, run_id, kind)
 
-    monkeypatch.setattr(lifecycle, "_name_run", second_signal_for_the_inner_run)
+    monkeypatch.setattr(lifecycle, "_name_run", sigterm_in_the_inner_handler)
     with pytest.raises(Terminated), lifecycle.tracked_run(kind="stage1", run_name="outer"):
         with lifecycle.tracked_run(kind="stage2", run_name="inner"):
             raise KeyboardInterrupt
     runs = {r.info.run_name: r for r in client().search_runs([exp])}
-    assert mlflow.active_run() is None and not lifecycle._open_runs
-    assert runs["inner"].info.run_id == hit[0]
-    for name in ("outer", "inner"):
-        assert runs[name].info.status == "KILLED", name
-        assert runs[name].data.tags["av1.failure_reason"] == "received signal 15 (SIGTERM)", name
+    assert mlflow.active_run() is None and lifecycle._open_runs == open_before
+    assert len(hit) == cuts and set(hit) == {runs["inner"].info.run_id}
+    assert runs["inner"].info.status == runs["outer"].info.status == "KILLED"
+    assert runs["inner"].data.tags["av1.failure_reason"] == inner_reason
+    assert runs["outer"].data.tags["av1.failure_reason"] == "received signal 15 (SIGTERM)"
 
 
 def _killed_run(tiny_dataset_two_qps, exp) -> str:

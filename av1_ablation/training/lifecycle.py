@@ -32,43 +32,74 @@ from av1_ablation.record.experiment import experiment_id, mark_model_training
 LEASE_SETTLE_SECONDS = 0.3
 
 
-def install_sigterm_handler() -> None:
-    signal.signal(signal.SIGTERM, raise_terminated)
+# What a Ctrl-C or SIGTERM does now, innermost last: "hold" drops it, "defer" keeps it for
+# the end of the block; with none, it raises at once (KeyboardInterrupt, Terminated). One
+# handler reads this, so that entering or leaving a block is one list operation, never a
+# swap of handlers that a signal could find half done.
+_signal_modes: list[str] = []
+_deferred_signals: list[int] = []
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+def _raise_for(signum: int):
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise_terminated(signum, None)
 
 
-def _stop_handlers() -> dict:
-    """The current Python handlers of Ctrl-C and SIGTERM; an ignored signal stays ignored, and
-    one whose handler was not set from Python is left alone."""
-    return {s: h for s in STOP_SIGNALS if (h := signal.getsignal(s)) not in (signal.SIG_IGN, None)}
+def _on_stop_signal(signum, _frame):
+    mode = _signal_modes[-1] if _signal_modes else None
+    if mode == "hold":
+        return
+    if mode == "defer":
+        if not _deferred_signals:
+            _deferred_signals.append(signum)
+            return
+        if _deferred_signals[0] != signum:
+            return  # a terminal's Ctrl-C and the SIGTERM mlflow run or a parent sends after it: one stop
+        _deferred_signals.clear()  # the same signal again: the user insists, it acts at once
+    _raise_for(signum)
 
 
-def _set_handlers(handlers: dict) -> None:
-    """Set the handlers of both signals at once: a signal between two ``signal.signal`` calls
-    would find one handler swapped and the other not, and leave it so."""
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set(handlers))
-    try:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+def install_stop_handlers() -> None:
+    """Make Ctrl-C and SIGTERM unwind (as KeyboardInterrupt and Terminated), and obey
+    :func:`signals_held` and :func:`signals_deferred`. Only the main thread can set handlers;
+    a signal ignored (SIG_IGN) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for s in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(s) is not signal.SIG_IGN:
+            signal.signal(s, _on_stop_signal)
 
 
 @contextlib.contextmanager
-def signals_held():
-    """Ctrl-C and SIGTERM do nothing inside: the clean-up after a first one must not be cut
-    short by a second (a terminal's Ctrl-C and a parent's SIGTERM often arrive together)."""
+def _signal_mode(mode: str):
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield  # signals are handled in the main thread: another one has nothing to hold
         return
-    saved = _stop_handlers()
-    _set_handlers({s: lambda *_: None for s in saved})
+    install_stop_handlers()
+    _signal_modes.append(mode)
     try:
         yield
     finally:
-        _set_handlers(saved)
+        _signal_modes.pop()
+        if _signal_modes and _signal_modes[-1] == "hold":
+            _deferred_signals.clear()
+        elif not _signal_modes and _deferred_signals:
+            _raise_for(_deferred_signals.pop())  # here, after the block
+
+
+def signals_held():
+    """Ctrl-C and SIGTERM do nothing inside: the clean-up after a first one must not be cut
+    short by a second (a terminal's Ctrl-C and a parent's SIGTERM often arrive together)."""
+    return _signal_mode("hold")
+
+
+def signals_deferred():
+    """Ctrl-C and SIGTERM inside wait for the end of the block, then act as they would have:
+    for steps that must not be cut in two, where a signal must not be lost either. The
+    same signal twice acts at once, so that a block stuck on a tracking server that does
+    not answer can still be stopped; a Ctrl-C and a SIGTERM together are one stop."""
+    return _signal_mode("defer")
 
 
 def git_commit() -> str | None:
@@ -111,37 +142,6 @@ def log_new_params(params: dict[str, str]) -> None:
         mlflow.log_params(fresh)
 
 
-@contextlib.contextmanager
-def signals_deferred():
-    """Ctrl-C and SIGTERM inside wait for the end of the block, then act as they would have:
-    for steps that must not be cut in two, where a signal must not be lost either.
-
-    The same signal again acts at once, so that a block stuck on a tracking server that does
-    not answer can still be stopped; the other one does not (a terminal's Ctrl-C and the
-    SIGTERM that ``mlflow run`` or an ablation parent sends after it are one stop)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    saved = _stop_handlers()
-    pending = []
-
-    def defer(signum, _frame):
-        if not pending:
-            pending.append(signum)
-        elif pending[0] == signum:
-            pending.clear()
-            _set_handlers(saved)
-            signal.raise_signal(signum)  # the restored handler raises here, inside the block
-
-    _set_handlers({s: defer for s in saved})
-    try:
-        yield
-    finally:
-        _set_handlers(saved)
-        if pending:
-            signal.raise_signal(pending.pop())  # the restored handler raises here, after the block
-
-
 # the runs tracked_run has started and not yet ended, outermost first
 _open_runs: list[str] = []
 
@@ -158,7 +158,7 @@ def tracked_run(*, kind: str, run_id: str | None = None, run_name: str | None = 
     command's one-line message can name it. The run's experiment is marked for mlflow
     ui's model-training view.
     """
-    install_sigterm_handler()
+    install_stop_handlers()
     nested = nested or mlflow.active_run() is not None
     reopened = run_id or os.environ.get("MLFLOW_RUN_ID")  # start_run marks it RUNNING first
     run = None
@@ -173,20 +173,44 @@ def tracked_run(*, kind: str, run_id: str | None = None, run_name: str | None = 
         yield run
     except BaseException as exc:
         if run is not None:
-            _end_run(run, kind, exc, on_interrupt)
+            _ending(lambda: _end_run(run, kind, exc, on_interrupt))
         elif reopened is not None:
-            _end_reopened_run(reopened, kind, exc)
+            _ending(lambda: _end_reopened_run(reopened, kind, exc))
         raise
     else:
-        # the run ends FINISHED even if the store refuses a tag or a signal comes (it acts
-        # after): left active, it would take the tags meant for the run it is nested in
-        with signals_deferred():
-            with contextlib.suppress(Exception):
-                # a resumed run carries the tags of the interruption it came back from
-                for key in FAILURE_TAGS:
-                    if key in run.data.tags:
-                        MlflowClient().delete_tag(run.info.run_id, key)
-            _end_active_run("FINISHED")
+        _ending(lambda: _finish(run))
+
+
+def _ending(end) -> None:
+    """Run ``end``, and once more if a signal cut it short before it could hold signals (a
+    terminal's Ctrl-C and the SIGTERM sent after it come milliseconds apart); the signal
+    then acts. Every ending does nothing for a run already ended."""
+    try:
+        end()
+    except (KeyboardInterrupt, Terminated):
+        end()
+        raise
+
+
+def _open_position(run_id: str) -> int | None:
+    hits = [i for i, r in enumerate(_open_runs) if r == run_id]
+    return hits[-1] if hits else None
+
+
+def _finish(run) -> None:
+    """End ``run`` FINISHED. A signal acts after; a store that refuses to record the end
+    raises, so that the command does not report success."""
+    with signals_deferred():
+        pos = _open_position(run.info.run_id)
+        if pos is None or (active := mlflow.active_run()) is None or active.info.run_id != run.info.run_id:
+            return
+        with contextlib.suppress(Exception):
+            # a resumed run carries the tags of the interruption it came back from
+            for key in FAILURE_TAGS:
+                if key in run.data.tags:
+                    MlflowClient().delete_tag(run.info.run_id, key)
+        del _open_runs[pos:]
+        mlflow.end_run("FINISHED")
 
 
 def _end_run(run, kind: str, exc: BaseException, on_interrupt) -> None:
@@ -197,33 +221,32 @@ def _end_run(run, kind: str, exc: BaseException, on_interrupt) -> None:
     status, reason = ("KILLED" if interrupted else "FAILED"), end_reason(exc)
     # a second stop signal is dropped; a first one, during the clean-up of an error, acts after it
     with signals_held() if interrupted else signals_deferred():
-        if run.info.run_id not in _open_runs:
+        pos = _open_position(run.info.run_id)
+        if pos is None:
             return  # already ended
-        # a run nested in this one that a signal stopped before it could end itself is still
-        # active above it: end it first, so that what follows goes to this run
-        for above in reversed(_open_runs[_open_runs.index(run.info.run_id) + 1:]):
-            if (active := mlflow.active_run()) is None or active.info.run_id != above:
-                break
-            _end_active_run(status, {FAILURE_TAG: reason})
-        if (active := mlflow.active_run()) is None or active.info.run_id != run.info.run_id:
-            return
-        if interrupted and on_interrupt is not None:
-            with contextlib.suppress(Exception):
-                on_interrupt()
-        _end_active_run(status, {KIND_TAG: kind, FAILURE_TAG: reason})
+        try:
+            # a run nested in this one that a signal stopped before it could end itself is
+            # still active above it: end it first, so that what follows goes to this run
+            while (active := mlflow.active_run()) is not None and active.info.run_id in _open_runs[pos + 1:]:
+                _end_active_run(status, {FAILURE_TAG: reason})
+            if active is None or active.info.run_id != run.info.run_id:
+                return
+            if interrupted and on_interrupt is not None:
+                with contextlib.suppress(Exception):
+                    on_interrupt()
+            _end_active_run(status, {KIND_TAG: kind, FAILURE_TAG: reason})
+        finally:
+            del _open_runs[pos:]
 
 
-def _end_active_run(status: str, tags: dict | None = None) -> None:
-    """End the active run; a store that refuses the tags or the status neither keeps it active
-    (MLflow takes it off its stack first) nor hides the error that ended it."""
-    run_id = mlflow.active_run().info.run_id
-    if tags:
-        with contextlib.suppress(Exception):
-            mlflow.set_tags(tags)
+def _end_active_run(status: str, tags: dict) -> None:
+    """End the active run KILLED or FAILED; a store that refuses the tags or the status
+    neither keeps it active (MLflow takes it off its stack first) nor hides the error
+    that ended it."""
+    with contextlib.suppress(Exception):
+        mlflow.set_tags(tags)
     with contextlib.suppress(Exception):
         mlflow.end_run(status)
-    with contextlib.suppress(ValueError):
-        _open_runs.remove(run_id)
 
 
 def _end_reopened_run(run_id: str, kind: str, exc: BaseException) -> None:
@@ -421,7 +444,7 @@ def finished_runs(kind: str, *, tags: dict[str, str], params: dict[str, str], ma
 
 
 __all__ = [
-    "tracked_run", "log_new_params", "finished_runs", "environment_tags", "fails_pending_run",
-    "fail_pending_run", "end_reason", "experiment_id", "git_commit", "run_lease", "holder_alive",
-    "record_resume", "resume_launch",
+    "tracked_run", "install_stop_handlers", "signals_held", "signals_deferred", "log_new_params",
+    "finished_runs", "environment_tags", "fails_pending_run", "fail_pending_run", "end_reason",
+    "experiment_id", "git_commit", "run_lease", "holder_alive", "record_resume", "resume_launch",
 ]

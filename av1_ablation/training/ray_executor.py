@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from av1_ablation.errors import Terminated, UserError
 from av1_ablation.training.children import (child_command, child_env, child_name, end_failed_child, exit_reason,
                                             new_child_run, tracking_server_for_workers)
-from av1_ablation.training.lifecycle import end_reason, install_sigterm_handler
+from av1_ablation.training.lifecycle import end_reason, install_stop_handlers
 
 RETRIES = 1  # new runs after a worker died
 # Ray's ways of saying that the process or machine running a task is gone (retried), as
@@ -80,7 +80,7 @@ def train_on_ray(child_ids: dict, threads: int, address: str | None,
         if started:
             ray.init(address=address or None, include_dashboard=False, log_to_driver=True,
                      configure_logging=False)
-            install_sigterm_handler()  # ray.init replaces it with one that exits without unwinding
+            install_stop_handlers()  # ray.init replaces SIGTERM's with one that exits without unwinding
         try:
             _check_fits(ray, threads)
             run = _Children(ray, uri, threads, parent_id)
