@@ -79,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         return _report(args, f"error: {exc}", 2)
     except KeyboardInterrupt as exc:
+        _end_open_runs(args, exc)
         return _report(args, interrupted_message(args, exc, "Ctrl-C (SIGINT)"), EXIT_INTERRUPTED)
     except Terminated as exc:
+        _end_open_runs(args, exc)
         return _report(args, interrupted_message(args, exc, "SIGTERM"), EXIT_TERMINATED)
     except Exception as exc:
         if not _is_divergence(exc):
@@ -89,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _end_open_runs(args, exc: BaseException) -> None:
+    if args.command in TRAINING_COMMANDS:  # the others start no run
+        from av1_ablation.training.lifecycle import end_open_runs
+
+        end_open_runs(exc)
 
 
 def _progress_bars_on_terminals_only() -> None:

@@ -302,22 +302,29 @@ def test_a_nested_run_ends_itself_whatever_happens_while_it_ends(tracking_store,
     import av1_ablation.training.lifecycle as lifecycle
 
     _, exp = tracking_store
-    real_end_run, real_set_tags = mlflow.end_run, mlflow.set_tags
+    real_end_run = mlflow.end_run
+    real_set_tag, real_log_batch = mlflow.MlflowClient.set_tag, mlflow.MlflowClient.log_batch
 
     def signalled_while_the_inner_run_ends(status="FINISHED"):
         if status == ending and mlflow.active_run().info.run_name == "inner":
             _sigterm_to_this_process()
         real_end_run(status)
 
-    def refuses_the_reason(tags, **kwargs):
-        if "av1.failure_reason" in tags:
+    def refuses_the_reason_one_by_one(self, run_id, key, value, *args, **kwargs):
+        if key == "av1.failure_reason":
             _tracking_error()
-        real_set_tags(tags, **kwargs)
+        return real_set_tag(self, run_id, key, value, *args, **kwargs)
+
+    def refuses_the_reason_in_a_batch(self, run_id, *args, tags=(), **kwargs):
+        if any(t.key == "av1.failure_reason" for t in tags):
+            _tracking_error()
+        return real_log_batch(self, run_id, *args, tags=tags, **kwargs)
 
     if how == "signal":
         monkeypatch.setattr(mlflow, "end_run", signalled_while_the_inner_run_ends)
-    else:
-        monkeypatch.setattr(mlflow, "set_tags", refuses_the_reason)
+    else:  # the store refuses the tag, however it is written
+        monkeypatch.setattr(mlflow.MlflowClient, "set_tag", refuses_the_reason_one_by_one)
+        monkeypatch.setattr(mlflow.MlflowClient, "log_batch", refuses_the_reason_in_a_batch)
     expected = Terminated if how == "signal" else ValueError
     with pytest.raises(expected), lifecycle.tracked_run(kind="stage1", run_name="outer"):
         with lifecycle.tracked_run(kind="stage2", run_name="inner"):
@@ -398,6 +405,25 @@ def test_a_nested_run_whose_ending_a_signal_cut_short_is_still_ended(tracking_st
     assert runs["inner"].info.status == runs["outer"].info.status == "KILLED"
     assert runs["inner"].data.tags["av1.failure_reason"] == inner_reason
     assert runs["outer"].data.tags["av1.failure_reason"] == "received signal 15 (SIGTERM)"
+
+
+def test_the_command_ends_a_run_that_a_signal_kept_from_its_own_handler(tracking_store):
+    """A signal at a ``with`` statement's entry or exit reaches the command's handler directly:
+    it ends what is still open (here the block was entered and never left)."""
+    import mlflow
+
+    import av1_ablation.training.lifecycle as lifecycle
+
+    _, exp = tracking_store
+    block = lifecycle.tracked_run(kind="stage2", run_name="left-open")
+    run = block.__enter__()
+    lifecycle.end_open_runs(Terminated("received signal 15 (SIGTERM)"))
+    assert mlflow.active_run() is None and run.info.run_id not in lifecycle._open_runs
+    ended = client().get_run(run.info.run_id)
+    assert ended.info.status == "KILLED"
+    assert ended.data.tags["av1.failure_reason"] == "received signal 15 (SIGTERM)"
+    block.__exit__(None, None, None)  # the generator, closed later, leaves it as it is
+    assert client().get_run(run.info.run_id).info.status == "KILLED"
 
 
 def _killed_run(tiny_dataset_two_qps, exp) -> str:

@@ -209,8 +209,8 @@ def _finish(run) -> None:
             for key in FAILURE_TAGS:
                 if key in run.data.tags:
                     MlflowClient().delete_tag(run.info.run_id, key)
-        del _open_runs[pos:]
         mlflow.end_run("FINISHED")
+        del _open_runs[pos:]  # only once it has ended: the enclosing run ends it otherwise
 
 
 def _end_run(run, kind: str, exc: BaseException, on_interrupt) -> None:
@@ -224,19 +224,16 @@ def _end_run(run, kind: str, exc: BaseException, on_interrupt) -> None:
         pos = _open_position(run.info.run_id)
         if pos is None:
             return  # already ended
-        try:
-            # a run nested in this one that a signal stopped before it could end itself is
-            # still active above it: end it first, so that what follows goes to this run
-            while (active := mlflow.active_run()) is not None and active.info.run_id in _open_runs[pos + 1:]:
-                _end_active_run(status, {FAILURE_TAG: reason})
-            if active is None or active.info.run_id != run.info.run_id:
-                return
+        # a run nested in this one that a signal stopped before it could end itself is still
+        # active above it: end it first, so that what follows goes to this run
+        while (active := mlflow.active_run()) is not None and active.info.run_id in _open_runs[pos + 1:]:
+            _end_active_run(status, {FAILURE_TAG: reason})
+        if active is not None and active.info.run_id == run.info.run_id:
             if interrupted and on_interrupt is not None:
                 with contextlib.suppress(Exception):
                     on_interrupt()
             _end_active_run(status, {KIND_TAG: kind, FAILURE_TAG: reason})
-        finally:
-            del _open_runs[pos:]
+        del _open_runs[pos:]  # only once it has ended: the enclosing run ends it otherwise
 
 
 def _end_active_run(status: str, tags: dict) -> None:
@@ -247,6 +244,17 @@ def _end_active_run(status: str, tags: dict) -> None:
         mlflow.set_tags(tags)
     with contextlib.suppress(Exception):
         mlflow.end_run(status)
+
+
+def end_open_runs(exc: BaseException) -> None:
+    """End KILLED or FAILED, innermost first, the runs of this process that no
+    :func:`tracked_run` ended: a signal in the few bytecodes around a ``with`` statement's
+    entry or exit reaches the command without passing through the run's own handler."""
+    interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
+    with signals_held():
+        while (active := mlflow.active_run()) is not None and active.info.run_id in _open_runs:
+            _end_active_run("KILLED" if interrupted else "FAILED", {FAILURE_TAG: end_reason(exc)})
+        _open_runs.clear()
 
 
 def _end_reopened_run(run_id: str, kind: str, exc: BaseException) -> None:
@@ -444,7 +452,7 @@ def finished_runs(kind: str, *, tags: dict[str, str], params: dict[str, str], ma
 
 
 __all__ = [
-    "tracked_run", "install_stop_handlers", "signals_held", "signals_deferred", "log_new_params",
+    "tracked_run", "end_open_runs", "install_stop_handlers", "signals_held", "signals_deferred", "log_new_params",
     "finished_runs", "environment_tags", "fails_pending_run", "fail_pending_run", "end_reason",
     "experiment_id", "git_commit", "run_lease", "holder_alive", "record_resume", "resume_launch",
 ]
