@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _progress_bars_on_terminals_only()
     previous = _handle_sigterm()
+    open_before = _open_run_count(args)
     try:
         if args.command in TRAINING_COMMANDS:
             apply_thread_budget(args.threads or default_threads())
@@ -79,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         return _report(args, f"error: {exc}", 2)
     except KeyboardInterrupt as exc:
-        _end_open_runs(args, exc)
+        _end_open_runs(args, exc, open_before)
         return _report(args, interrupted_message(args, exc, "Ctrl-C (SIGINT)"), EXIT_INTERRUPTED)
     except Terminated as exc:
-        _end_open_runs(args, exc)
+        _end_open_runs(args, exc, open_before)
         return _report(args, interrupted_message(args, exc, "SIGTERM"), EXIT_TERMINATED)
     except Exception as exc:
         if not _is_divergence(exc):
@@ -93,11 +94,20 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _end_open_runs(args, exc: BaseException) -> None:
-    if args.command in TRAINING_COMMANDS:  # the others start no run
+def _open_run_count(args) -> int:
+    if args.command not in TRAINING_COMMANDS:  # the others start no tracked run
+        return 0
+    from av1_ablation.training.lifecycle import open_run_count
+
+    return open_run_count()
+
+
+def _end_open_runs(args, exc: BaseException, keep: int) -> None:
+    """End the runs of this command that a signal kept from their own handler."""
+    if args.command in TRAINING_COMMANDS:
         from av1_ablation.training.lifecycle import end_open_runs
 
-        end_open_runs(exc)
+        end_open_runs(exc, keep=keep)
 
 
 def _progress_bars_on_terminals_only() -> None:

@@ -408,22 +408,52 @@ def test_a_nested_run_whose_ending_a_signal_cut_short_is_still_ended(tracking_st
 
 
 def test_the_command_ends_a_run_that_a_signal_kept_from_its_own_handler(tracking_store):
-    """A signal at a ``with`` statement's entry or exit reaches the command's handler directly:
-    it ends what is still open (here the block was entered and never left)."""
+    """A signal around a ``with`` statement's entry or exit reaches the command's handler
+    directly: it ends what the command left open (here a block entered and never left), not
+    a run that was open before the command started."""
     import mlflow
 
     import av1_ablation.training.lifecycle as lifecycle
 
     _, exp = tracking_store
-    block = lifecycle.tracked_run(kind="stage2", run_name="left-open")
-    run = block.__enter__()
-    lifecycle.end_open_runs(Terminated("received signal 15 (SIGTERM)"))
-    assert mlflow.active_run() is None and run.info.run_id not in lifecycle._open_runs
+    with lifecycle.tracked_run(kind="stage1", run_name="before-the-command") as outer:
+        keep = lifecycle.open_run_count()
+        block = lifecycle.tracked_run(kind="stage2", run_name="left-open")
+        run = block.__enter__()
+        lifecycle.end_open_runs(Terminated("received signal 15 (SIGTERM)"), keep=keep)
+        assert mlflow.active_run().info.run_id == outer.info.run_id
+        assert lifecycle.open_run_count() == keep
+        block.__exit__(None, None, None)  # the generator, closed later, leaves it as it is
     ended = client().get_run(run.info.run_id)
     assert ended.info.status == "KILLED"
     assert ended.data.tags["av1.failure_reason"] == "received signal 15 (SIGTERM)"
-    block.__exit__(None, None, None)  # the generator, closed later, leaves it as it is
-    assert client().get_run(run.info.run_id).info.status == "KILLED"
+    assert client().get_run(outer.info.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("body_error, status", [(None, "FINISHED"), (ValueError("a bug"), "FAILED")])
+def test_a_run_whose_end_a_signal_cut_after_mlflow_took_it_off_its_stack_still_ends(tracking_store, monkeypatch,
+                                                                                   body_error, status):
+    """MLflow's end_run takes the run off its stack before it records the end: the same
+    signal twice can stop it in between, and the ending, run again, records it."""
+    from mlflow import MlflowClient
+
+    import av1_ablation.training.lifecycle as lifecycle
+
+    _, exp = tracking_store
+    real_set_terminated, cut = MlflowClient.set_terminated, []
+
+    def cut_once(self, run_id, status=None, *args, **kwargs):
+        if not cut:
+            cut.append(run_id)
+            raise Terminated("received signal 15 (SIGTERM)")
+        return real_set_terminated(self, run_id, status, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "set_terminated", cut_once)
+    with pytest.raises(Terminated), lifecycle.tracked_run(kind="stage2", run_name="cut") as run:
+        if body_error:
+            raise body_error
+    assert cut == [run.info.run_id] and run.info.run_id not in lifecycle._open_runs
+    assert client().get_run(run.info.run_id).info.status == status
 
 
 def _killed_run(tiny_dataset_two_qps, exp) -> str:

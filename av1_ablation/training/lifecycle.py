@@ -202,14 +202,17 @@ def _finish(run) -> None:
     raises, so that the command does not report success."""
     with signals_deferred():
         pos = _open_position(run.info.run_id)
-        if pos is None or (active := mlflow.active_run()) is None or active.info.run_id != run.info.run_id:
-            return
-        with contextlib.suppress(Exception):
-            # a resumed run carries the tags of the interruption it came back from
-            for key in FAILURE_TAGS:
-                if key in run.data.tags:
-                    MlflowClient().delete_tag(run.info.run_id, key)
-        mlflow.end_run("FINISHED")
+        if pos is None:
+            return  # already ended
+        if (active := mlflow.active_run()) is not None and active.info.run_id == run.info.run_id:
+            with contextlib.suppress(Exception):
+                # a resumed run carries the tags of the interruption it came back from
+                for key in FAILURE_TAGS:
+                    if key in run.data.tags:
+                        MlflowClient().delete_tag(run.info.run_id, key)
+            mlflow.end_run("FINISHED")
+        else:
+            _terminate_if_running(run.info.run_id, "FINISHED")
         del _open_runs[pos:]  # only once it has ended: the enclosing run ends it otherwise
 
 
@@ -219,21 +222,24 @@ def _end_run(run, kind: str, exc: BaseException, on_interrupt) -> None:
     _name_run(exc, run.info.run_id, kind)
     interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
     status, reason = ("KILLED" if interrupted else "FAILED"), end_reason(exc)
+    tags = {KIND_TAG: kind, FAILURE_TAG: reason}
     # a second stop signal is dropped; a first one, during the clean-up of an error, acts after it
     with signals_held() if interrupted else signals_deferred():
         pos = _open_position(run.info.run_id)
-        if pos is None:
-            return  # already ended
         # a run nested in this one that a signal stopped before it could end itself is still
         # active above it: end it first, so that what follows goes to this run
-        while (active := mlflow.active_run()) is not None and active.info.run_id in _open_runs[pos + 1:]:
+        above = _open_runs[pos + 1:] if pos is not None else []
+        while (active := mlflow.active_run()) is not None and active.info.run_id in above:
             _end_active_run(status, {FAILURE_TAG: reason})
         if active is not None and active.info.run_id == run.info.run_id:
             if interrupted and on_interrupt is not None:
                 with contextlib.suppress(Exception):
                     on_interrupt()
-            _end_active_run(status, {KIND_TAG: kind, FAILURE_TAG: reason})
-        del _open_runs[pos:]  # only once it has ended: the enclosing run ends it otherwise
+            _end_active_run(status, tags)
+        elif pos is not None:
+            _terminate_if_running(run.info.run_id, status, tags)
+        if pos is not None:
+            del _open_runs[pos:]  # only once it has ended: the enclosing run ends it otherwise
 
 
 def _end_active_run(status: str, tags: dict) -> None:
@@ -246,15 +252,36 @@ def _end_active_run(status: str, tags: dict) -> None:
         mlflow.end_run(status)
 
 
-def end_open_runs(exc: BaseException) -> None:
+def _terminate_if_running(run_id: str, status: str, tags: dict | None = None) -> None:
+    """End a run that is off MLflow's stack but still RUNNING in the store: ``end_run`` takes
+    it off the stack before it records the end, and a signal can come in between."""
+    with contextlib.suppress(Exception):
+        client = MlflowClient()
+        if client.get_run(run_id).info.status == "RUNNING":
+            for key, value in (tags or {}).items():
+                client.set_tag(run_id, key, value)
+            client.set_terminated(run_id, status)
+
+
+def open_run_count() -> int:
+    """How many :func:`tracked_run` runs of this process are open (for :func:`end_open_runs`)."""
+    return len(_open_runs)
+
+
+def end_open_runs(exc: BaseException, *, keep: int = 0) -> None:
     """End KILLED or FAILED, innermost first, the runs of this process that no
-    :func:`tracked_run` ended: a signal in the few bytecodes around a ``with`` statement's
-    entry or exit reaches the command without passing through the run's own handler."""
-    interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
+    :func:`tracked_run` ended, except the first ``keep`` (open before the command started):
+    a signal around a ``with`` statement's entry or exit reaches the command without
+    passing through the run's own handler."""
+    status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Terminated)) else "FAILED"
+    tags = {FAILURE_TAG: end_reason(exc)}
     with signals_held():
-        while (active := mlflow.active_run()) is not None and active.info.run_id in _open_runs:
-            _end_active_run("KILLED" if interrupted else "FAILED", {FAILURE_TAG: end_reason(exc)})
-        _open_runs.clear()
+        left = _open_runs[keep:]
+        while (active := mlflow.active_run()) is not None and active.info.run_id in left:
+            _end_active_run(status, tags)
+        for run_id in reversed(left):
+            _terminate_if_running(run_id, status, tags)
+        del _open_runs[keep:]
 
 
 def _end_reopened_run(run_id: str, kind: str, exc: BaseException) -> None:
@@ -452,7 +479,8 @@ def finished_runs(kind: str, *, tags: dict[str, str], params: dict[str, str], ma
 
 
 __all__ = [
-    "tracked_run", "end_open_runs", "install_stop_handlers", "signals_held", "signals_deferred", "log_new_params",
-    "finished_runs", "environment_tags", "fails_pending_run", "fail_pending_run", "end_reason",
-    "experiment_id", "git_commit", "run_lease", "holder_alive", "record_resume", "resume_launch",
+    "tracked_run", "end_open_runs", "open_run_count", "install_stop_handlers", "signals_held",
+    "signals_deferred", "log_new_params", "finished_runs", "environment_tags", "fails_pending_run",
+    "fail_pending_run", "end_reason", "experiment_id", "git_commit", "run_lease", "holder_alive",
+    "record_resume", "resume_launch",
 ]
