@@ -610,3 +610,30 @@ def test_signal_during_dataset_build_leaves_nothing_behind(tmp_path, signum, to_
     beside = sorted(p.name for p in out.parent.iterdir()) if out.parent.exists() else []
     assert not out.exists() and beside in ([], ["store.partial"]), beside
     assert all(p.suffix == ".npz" for p in out.parent.glob("store.partial/*"))
+
+
+def test_mlflow_telemetry_is_off_in_the_package_processes(tmp_path):
+    """MLflow's telemetry fetches its config in a thread on the first tracked call and, when the
+    fetch fails (no internet), deletes an environment variable while other threads iterate
+    ``os.environ``, as every request to a tracking server does: one cross-validated ablation
+    child died of that KeyError. The package turns telemetry off unless the user chose."""
+    probe = (
+        "import threading\n"
+        "started, start = [], threading.Thread.start\n"
+        "threading.Thread.start = lambda t: (started.append(t.name), start(t))[1]\n"
+        "import av1_ablation, mlflow\n"
+        "from mlflow.telemetry.utils import is_telemetry_disabled\n"
+        "with mlflow.start_run():\n"
+        "    mlflow.log_param('p', 1)\n"
+        "print(is_telemetry_disabled(), 'GetTelemetryConfig' in started)\n")
+    # what the tests and CI set turns telemetry off by itself, so the probe runs without it
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"CI", "PYTEST_CURRENT_TEST", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"}}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for chosen, expected in [(None, "True False"), ("false", "False True")]:
+        if chosen is not None:
+            env["MLFLOW_DISABLE_TELEMETRY"] = chosen
+        out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split("\n")[-2] == expected, (chosen, out.stdout, out.stderr[-2000:])
