@@ -211,13 +211,15 @@ def option_help(cls, f, presets: dict[str, dict]) -> str:
     else:
         words = f"one of {', '.join(choices)}" if choices else ""
     meaning = OPTION_MEANINGS.get(f.name, "").format(score=STAGE1_SCORE if cls is Stage1Config else STAGE2_SCORE)
-    by_preset = {name: _format(values.get(f.name, f.default)).lower() if f.type == "bool"
-                 else _format(values.get(f.name, f.default)) for name, values in presets.items()}
+    by_preset = {name: _format(values.get(f.name, f.default)) for name, values in presets.items()}
+    if f.type == "bool":  # as typed on the command line
+        by_preset = {name: value.lower() for name, value in by_preset.items()}
     if len(set(by_preset.values())) == 1:
         default = f"default: {by_preset['paper']}"
     else:
         default = "default: the preset's, " + ", ".join(f"{v} in {k}" for k, v in by_preset.items())
-    return "; ".join(part for part in (": ".join(p for p in (meaning, words) if p), default) if part)
+    what = ": ".join(part for part in (meaning, words) if part)
+    return f"{what}; {default}" if what else default
 
 
 def from_args(cls, args, presets: dict[str, dict], **fixed):
