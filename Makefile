@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml $(call redo_unless,command -v aomenc && $(call has_extr
 	mkdir -p build && touch $(STAMP)
 
 run: setup
-	mlflow run . --env-manager local -P loss_type=asymmetric
+	MLFLOW_DISABLE_TELEMETRY=$${MLFLOW_DISABLE_TELEMETRY:-true} mlflow run . --env-manager local -P loss_type=asymmetric
 
 # the suite also runs the Ray executor on a real local Ray head: Ray is an optional extra
 $(RAY_STAMP): pyproject.toml $(call redo_unless,$(call has_extra,ray))

@@ -15,7 +15,7 @@ work=${1:-$(mktemp -d)}
 mkdir -p "$work"
 cd "$repo"
 port=$(python -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-python -m mlflow server --backend-store-uri "sqlite:///$work/server.db" --artifacts-destination "$work/served" \
+MLFLOW_DISABLE_TELEMETRY=${MLFLOW_DISABLE_TELEMETRY:-true} python -m mlflow server --backend-store-uri "sqlite:///$work/server.db" --artifacts-destination "$work/served" \
   --host 127.0.0.1 --port "$port" --workers 1 > "$work/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT

@@ -3,6 +3,8 @@
 # "TIME NAME seconds", and the machine and commit lines. Needs $repo and $work set.
 mkdir -p "$work"
 export MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db"
+# `mlflow run` is MLflow's process, not the package's: telemetry off there too (README, mlflow)
+export MLFLOW_DISABLE_TELEMETRY=${MLFLOW_DISABLE_TELEMETRY:-true}
 cd "$repo"
 
 fresh_experiment() {  # fresh_experiment PREFIX: sets MLFLOW_EXPERIMENT_ID

@@ -613,23 +613,28 @@ def test_signal_during_dataset_build_leaves_nothing_behind(tmp_path, signum, to_
 
 
 def test_mlflow_telemetry_is_off_in_the_package_processes(tmp_path):
-    """MLflow's telemetry fetches its config in a thread on the first tracked call and, when the
-    fetch fails (no internet), deletes an environment variable while other threads iterate
+    """MLflow's telemetry fetches its config in a thread on the first tracked call and, when it
+    gets none (no internet), deletes an environment variable while other threads iterate
     ``os.environ``, as every request to a tracking server does: one cross-validated ablation
-    child died of that KeyError. The package turns telemetry off unless the user chose."""
+    child died of that KeyError. Importing the package turns telemetry off unless the user
+    chose, even where mlflow was imported first (a notebook)."""
     probe = (
         "import threading\n"
         "started, start = [], threading.Thread.start\n"
         "threading.Thread.start = lambda t: (started.append(t.name), start(t))[1]\n"
-        "import av1_ablation, mlflow\n"
-        "from mlflow.telemetry.utils import is_telemetry_disabled\n"
+        "import mlflow\n"
+        "from mlflow.telemetry import client, utils\n"
+        # as on a user's machine: CI's and pytest's variables turned telemetry off at import
+        "utils._IS_IN_CI_ENV_OR_TESTING = False\n"
+        "client.TelemetryClient._get_config = lambda self: None  # offline, every time\n"
+        "client.set_telemetry_client()\n"
+        "import av1_ablation\n"
         "with mlflow.start_run():\n"
         "    mlflow.log_param('p', 1)\n"
-        "print(is_telemetry_disabled(), 'GetTelemetryConfig' in started)\n")
-    # what the tests and CI set turns telemetry off by itself, so the probe runs without it
+        "print(utils.is_telemetry_disabled(), 'GetTelemetryConfig' in started)\n")
     env = {k: v for k, v in os.environ.items()
-           if k not in {"CI", "PYTEST_CURRENT_TEST", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"}}
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+           if k not in {"MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "_MLFLOW_TESTING_TELEMETRY"}}
+    env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(REPO)}
     for chosen, expected in [(None, "True False"), ("false", "False True")]:
         if chosen is not None:
             env["MLFLOW_DISABLE_TELEMETRY"] = chosen
