@@ -40,9 +40,28 @@ def stage2_runs(experiment_id, status=None):
 
 def cli_process(*argv, **popen):
     """``python -m av1_ablation ARGV`` as a process of its own (the tests' env: tracking store)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **popen.pop("env", {})}
+    # faulthandler: stopped_status() can have a hung process print its threads' stacks
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1",
+           **popen.pop("env", {})}
     return subprocess.Popen([sys.executable, "-m", "av1_ablation", *argv], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def stopped_status(proc, timeout: float = 60.0) -> int:
+    """The exit status of ``proc`` (a :func:`cli_process` sent a stop signal). One still
+    running after ``timeout`` s is aborted, and the test fails with the Python stacks of its
+    threads, which faulthandler prints on SIGABRT: where it hung, not only that it did."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        pytest.fail(f"still running {timeout:g} s after the stop signal; its stderr, with the "
+                    f"stacks of its threads:\n{proc.stderr.read()[-8000:]}")
 
 
 def wait_for(condition, what: str, proc=None, timeout: float = 120.0):
@@ -466,7 +485,7 @@ def _killed_run(tiny_dataset_two_qps, exp) -> str:
                       if client().get_metric_history(r.info.run_id, "val_macro_f1")],
              "the first epoch", proc)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 143, proc.stderr.read()[-2000:]
+    assert stopped_status(proc) == 143, proc.stderr.read()[-2000:]
     (killed,) = stage2_runs(exp, "KILLED")
     return killed.info.run_id
 
@@ -512,7 +531,7 @@ def test_sigterm_while_stage1_auto_trains_kills_both_runs(tiny_dataset_two_qps, 
     stage1 = wait_for(lambda: client().search_runs([exp], "tags.`av1.kind` = 'stage1'"),
                       "the Stage-1 run", proc)[0].info.run_id
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 143
+    assert stopped_status(proc) == 143
     err = proc.stderr.read()
     assert f"run {stage1} is marked KILLED" in err.strip().splitlines()[-1], err[-2000:]
     for run_id in (stage1, pending):
@@ -557,7 +576,7 @@ def test_sigterm_to_a_local_ablation_ends_the_running_and_the_queued_children(ti
              "a child's first epoch", proc, timeout=300)
     running = wait_for(lambda: train_children(proc.pid), "the training children's pids", proc)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=180) == 143, proc.stderr.read()[-2000:]
+    assert stopped_status(proc, 180) == 143, proc.stderr.read()[-2000:]
     assert not [pid for pid in running if process_exists(pid)] and not train_children(proc.pid)
     runs = stage2_runs(exp)
     assert len(runs) == 5 and not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
@@ -601,7 +620,7 @@ def test_signal_during_dataset_build_leaves_nothing_behind(tmp_path, signum, to_
     encoders = wait_for(lambda: aomenc_children(proc.pid), "an aomenc encode", proc)
     assert list(tmpdir.iterdir())  # the encode directory exists while they run
     (os.killpg if to_group else os.kill)(proc.pid, signum)
-    assert proc.wait(timeout=60) == status
+    assert stopped_status(proc) == status
     err = proc.stderr.read().strip()
     assert len(err.splitlines()) == 1 and "stopped by" in err and f"{out} unchanged" in err, err
     assert not [pid for pid in encoders if process_exists(pid)]
