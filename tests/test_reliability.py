@@ -38,6 +38,12 @@ def stage2_runs(experiment_id, status=None):
     return client().search_runs([experiment_id], filter_string=flt)
 
 
+def stage2_runs_past_their_first_epoch(experiment_id):
+    """The RUNNING Stage-2 runs that have logged an epoch: a signal now finds them training."""
+    return [r for r in stage2_runs(experiment_id, "RUNNING")
+            if client().get_metric_history(r.info.run_id, "val_macro_f1")]
+
+
 def cli_process(*argv, **popen):
     """``python -m av1_ablation ARGV`` as a process of its own (the tests' env: tracking store)."""
     # faulthandler: stopped_status() can have a hung process print its threads' stacks
@@ -481,9 +487,7 @@ def _killed_run(tiny_dataset_two_qps, exp) -> str:
     # signal cannot arrive after the last one, and a resume still finishes quickly
     proc = cli_process("train", "--data", str(tiny_dataset_two_qps), *SMOKE, "--epochs", "40",
                        "--patience", "40", "--loss-type", "poly")
-    wait_for(lambda: [r for r in stage2_runs(exp, "RUNNING")
-                      if client().get_metric_history(r.info.run_id, "val_macro_f1")],
-             "the first epoch", proc)
+    wait_for(lambda: stage2_runs_past_their_first_epoch(exp), "the first epoch", proc)
     proc.send_signal(signal.SIGTERM)
     assert stopped_status(proc) == 143, proc.stderr.read()[-2000:]
     (killed,) = stage2_runs(exp, "KILLED")
@@ -571,9 +575,7 @@ def test_sigterm_to_a_local_ablation_ends_the_running_and_the_queued_children(ti
     proc = cli_process("ablation", "--losses", "baseline", "--seeds", "1,2,3,4,5", "--jobs", "2",
                        "--threads", "1", "--data", str(tiny_dataset_two_qps), *SMOKE, "--epochs", "100000",
                        "--patience", "0")
-    wait_for(lambda: [r for r in stage2_runs(exp, "RUNNING")
-                      if client().get_metric_history(r.info.run_id, "val_macro_f1")],
-             "a child's first epoch", proc, timeout=300)
+    wait_for(lambda: stage2_runs_past_their_first_epoch(exp), "a child's first epoch", proc, timeout=300)
     running = wait_for(lambda: train_children(proc.pid), "the training children's pids", proc)
     proc.send_signal(signal.SIGTERM)
     assert stopped_status(proc, 180) == 143, proc.stderr.read()[-2000:]
