@@ -71,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     parser, modules = build_parser(argv)
     args = parser.parse_args(argv)
     _progress_bars_on_terminals_only()
-    previous = _handle_sigterm()
+    previous = _handle_stop_signals(args)
     open_before = _open_run_count(args)
+    pending = os.environ.get("MLFLOW_RUN_ID")  # read now: ending a Stage-1 run clears it
+    if pending == getattr(args, "resume", None):
+        pending = None  # the run being resumed: another process may hold it
     try:
         if args.command in TRAINING_COMMANDS:
             apply_thread_budget(args.threads or default_threads())
@@ -80,18 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         return _report(args, f"error: {exc}", 2)
     except KeyboardInterrupt as exc:
-        _end_open_runs(args, exc, open_before)
+        _end_open_runs(args, exc, open_before, pending)
         return _report(args, interrupted_message(args, exc, "Ctrl-C (SIGINT)"), EXIT_INTERRUPTED)
     except Terminated as exc:
-        _end_open_runs(args, exc, open_before)
+        _end_open_runs(args, exc, open_before, pending)
         return _report(args, interrupted_message(args, exc, "SIGTERM"), EXIT_TERMINATED)
     except Exception as exc:
         if not _is_divergence(exc):
             raise  # a bug: its traceback is what a report needs
         return _report(args, f"error: {divergence_message(exc)}", 1)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _restore(previous)
 
 
 def _open_run_count(args) -> int:
@@ -102,12 +104,13 @@ def _open_run_count(args) -> int:
     return open_run_count()
 
 
-def _end_open_runs(args, exc: BaseException, keep: int) -> None:
-    """End the runs of this command that a signal kept from their own handler."""
+def _end_open_runs(args, exc: BaseException, keep: int, pending: str | None) -> None:
+    """End the runs of this command that a signal kept from their own handler, and the run
+    ``mlflow run`` created for it (``pending``) if the signal came before that run started."""
     if args.command in TRAINING_COMMANDS:
         from av1_ablation.training.lifecycle import end_open_runs
 
-        end_open_runs(exc, keep=keep)
+        end_open_runs(exc, keep=keep, pending=pending)
 
 
 def _progress_bars_on_terminals_only() -> None:
@@ -118,12 +121,29 @@ def _progress_bars_on_terminals_only() -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
-def _handle_sigterm():
+def _handle_stop_signals(args):
     """Make SIGTERM unwind like Ctrl-C for the whole command (not only inside a run), so
-    that temporary files and child processes are cleaned up; returns the old handler."""
+    that temporary files and child processes are cleaned up; a training command handles both
+    as its runs do from the start. Returns what :func:`_restore` puts back."""
     if threading.current_thread() is not threading.main_thread():
         return None  # signal handlers can only be set from the main thread
-    return signal.signal(signal.SIGTERM, raise_terminated)
+    previous = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), sys.unraisablehook)
+    signal.signal(signal.SIGTERM, raise_terminated)
+    if args.command in TRAINING_COMMANDS:
+        from av1_ablation.training.lifecycle import install_stop_handlers
+
+        install_stop_handlers()  # a stop that Python drops in a finalizer is sent again
+    return previous
+
+
+def _restore(previous) -> None:
+    """Put back the handlers the command found: a stop sent again after it ended finds none of
+    its own, and a caller in the same process (a notebook, a test) gets its own back."""
+    if previous is not None:
+        sigint, sigterm, sys.unraisablehook = previous
+        for signum, handler in ((signal.SIGINT, sigint), (signal.SIGTERM, sigterm)):
+            if handler is not None:  # None: a handler not set from Python, which stays
+                signal.signal(signum, handler)
 
 
 def _report(args, message: str, status: int) -> int:

@@ -6,6 +6,7 @@ docs/reliability.md lists every case with the user-visible outcome.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -25,6 +26,18 @@ SMOKE = ["--preset", "smoke", "--batch-size", "16"]
 # Full-size photos at a low cq-level: encodes of a second or more, so a signal finds them running
 SLOW_ENCODES = ["--source", "embedded:astronaut", "--source", "embedded:coffee",
                 "--source", "embedded:chelsea", "--qp", "20", "32", "--jobs", "2", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def stop_handling_restored():
+    """What a test here sets for Ctrl-C and SIGTERM (handlers, the hook that sends a dropped
+    stop again) does not outlive it: a later test in this process must not find it."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    hook = sys.unraisablehook
+    yield
+    sys.unraisablehook = hook
+    for s, handler in handlers.items():
+        signal.signal(s, handler)
 
 
 def client():
@@ -665,3 +678,202 @@ def test_mlflow_telemetry_is_off_in_the_package_processes(tmp_path):
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
         assert out.stdout.split("\n")[-2] == expected, (chosen, out.stdout, out.stderr[-2000:])
+
+
+@contextlib.contextmanager
+def sigterm_inside_a_select(times: int = 1):
+    """Yields ``arm``: once it is called, the next SELECT of the tracking store gets SIGTERM
+    (``times`` of them) while its cursor is still open, as a real stop that lands while SQLite
+    reads. A signal
+    there (SQLAlchemy does not close the cursor of an exit exception) leaves a statement open
+    that holds the database's read lock for as long as the exception's traceback keeps the
+    cursor alive: a write then waits for SQLite's 20 s busy timeout, and fails."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    armed = []
+
+    def sigterm_mid_select(*event_args):
+        statement = event_args[2]
+        del event_args  # this frame must not hold the cursor: in a real stop, only SQLAlchemy's do
+        if armed and statement.lstrip().upper().startswith("SELECT"):
+            armed.clear()
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    event.listen(Engine, "after_cursor_execute", sigterm_mid_select)
+    try:
+        yield lambda: armed.append(True)
+    finally:
+        event.remove(Engine, "after_cursor_execute", sigterm_mid_select)
+
+
+def test_a_signal_inside_a_store_query_does_not_lock_the_store_against_ending_the_run(tracking_store):
+    import mlflow
+
+    from av1_ablation.training.lifecycle import tracked_run
+
+    with sigterm_inside_a_select() as arm:
+        with pytest.raises(Terminated), tracked_run(kind="stage1", run_name="stopped") as run:
+            arm()
+            mlflow.log_params({"lr": "0.1"})  # reads the run, then writes
+    ended = client().get_run(run.info.run_id)
+    assert ended.info.status == "KILLED"
+    assert ended.data.tags["av1.failure_reason"] == "received signal 15 (SIGTERM)"
+
+
+def test_a_second_signal_inside_the_store_query_of_an_ending_run_does_not_leave_it_running(tracking_store):
+    """The same signal twice acts at once even while a run ends (so that a stuck store can be
+    stopped), and the ending is then retried: that retry must not wait on the lock of the
+    read the second signal cut short."""
+    from av1_ablation.training.lifecycle import tracked_run
+
+    with sigterm_inside_a_select(times=2) as arm:
+        with pytest.raises(Terminated), tracked_run(kind="stage1", run_name="ending") as run:
+            arm()  # the next read is the ending's own
+    assert client().get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_a_signal_inside_a_store_query_does_not_leave_a_resume_lease_behind(tracking_store):
+    from av1_ablation.training.lifecycle import install_stop_handlers, run_lease
+
+    _, exp = tracking_store
+    run_id = client().create_run(exp).info.run_id
+    install_stop_handlers()
+    with sigterm_inside_a_select() as arm:
+        with pytest.raises(Terminated), run_lease(run_id, label="resume"):
+            assert "av1.lease" in client().get_run(run_id).data.tags
+            arm()
+            client().get_run(run_id)  # a resume reads its run before its own run starts
+    assert "av1.lease" not in client().get_run(run_id).data.tags  # a later resume is not refused
+
+
+def test_a_signal_before_the_command_run_starts_ends_the_run_mlflow_run_created(tiny_dataset_two_qps,
+                                                                              tracking_store, monkeypatch,
+                                                                              capsys):
+    """SIGTERM while the data loads, before train's own run starts: no run's handler is on the
+    stack, and the run ``mlflow run`` created must still end KILLED with the reason."""
+    import av1_ablation.training.stage2 as stage2
+
+    _, exp = tracking_store
+    pending = client().create_run(exp).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", pending)
+    real = stage2.load_split_data
+
+    def stopped_while_loading(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # main has installed the handler that raises
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stage2, "load_split_data", stopped_while_loading)
+    assert main(["train", "--data", str(tiny_dataset_two_qps), *SMOKE]) == 143
+    assert one_line_error(capsys).endswith(f"stopped by SIGTERM; run {pending} is marked KILLED")
+    run = client().get_run(pending)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["av1.failure_reason"] == "received signal 15 (SIGTERM)"
+
+
+def test_a_signal_before_the_finetune_reference_starts_its_run_ends_that_run(tiny_dataset_two_qps,
+                                                                           tracking_store, monkeypatch):
+    """The finetune reference's run is created before its Stage-1 backbone loads: SIGTERM
+    there reaches no run's handler, and that run must still end KILLED with the reason."""
+    import av1_ablation.training.stage2 as stage2
+
+    _, exp = tracking_store
+    real = stage2.resolve_stage1
+
+    def stopped_while_loading_stage1(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # main has installed the handler that raises
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stage2, "resolve_stage1", stopped_while_loading_stage1)
+    assert main(["reference", "--models", "finetune", "--data", str(tiny_dataset_two_qps), *SMOKE]) == 143
+    runs = client().search_runs([exp])
+    assert sorted(r.data.tags.get("av1.kind", "") for r in runs) == ["reference", "references"]
+    for run in runs:
+        assert run.info.status == "KILLED", (run.info.run_name, run.info.status)
+        assert run.data.tags["av1.failure_reason"] == "received signal 15 (SIGTERM)"
+
+
+def test_a_signal_to_a_resume_leaves_the_resumed_run_to_the_process_that_holds_it(tracking_store, monkeypatch):
+    """``mlflow run --run-id X -P resume=X``: the run ``mlflow run`` hands over is the resumed
+    one, which another process may be training; a stop before this resume gets going must
+    not end it."""
+    import av1_ablation.training.stage2 as stage2
+
+    _, exp = tracking_store
+    held = client().create_run(exp, tags={"av1.lease": f"{os.getppid()}@{socket.gethostname()}"})
+    monkeypatch.setenv("MLFLOW_RUN_ID", held.info.run_id)
+
+    def stopped_before_the_lease(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # main has installed the handler that raises
+        raise AssertionError("SIGTERM did not stop the resume")
+
+    monkeypatch.setattr(stage2, "run_lease", stopped_before_the_lease)
+    assert main(["train", "--resume", held.info.run_id]) == 143
+    assert client().get_run(held.info.run_id).info.status == "RUNNING"
+
+
+def test_a_stop_that_python_drops_inside_a_finalizer_is_sent_again():
+    """A garbage collection runs weakref callbacks and finalizers between any two lines; a
+    SIGTERM handled inside one raises there, and Python prints and drops that exception. The
+    command must still stop, not run to its end."""
+    import weakref
+
+    from av1_ablation.training.lifecycle import install_stop_handlers
+
+    dropped = []
+
+    class Collected:
+        pass
+
+    def stopped_inside_the_callback(_ref):
+        os.kill(os.getpid(), signal.SIGTERM)  # handled here, in the callback
+        dropped.append(True)  # not reached: the handler raised, and Python dropped that
+
+    install_stop_handlers()
+    collected = Collected()
+    ref = weakref.ref(collected, stopped_inside_the_callback)
+    with pytest.raises(Terminated):
+        del collected
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the command's work, which must not run to its end
+            time.sleep(0.01)
+    assert ref() is None and not dropped
+
+
+def test_a_dropped_stop_is_sent_again_only_after_a_garbage_collection_and_never_after_the_command():
+    """A stop sent again during a long collection would land in its next finalizer and be
+    dropped again, cutting that finalizer short too; one sent after the command has ended
+    would stop whatever the process does next (the caller's code, its exit)."""
+    import gc
+    from types import SimpleNamespace
+
+    from av1_ablation.training import lifecycle
+
+    dropped = SimpleNamespace(exc_value=Terminated("received signal 15 (SIGTERM)"))
+    finished = []
+
+    class Finalized:
+        def __del__(self):
+            time.sleep(0.02)  # where a stop sent now would land
+            finished.append(True)
+
+    lifecycle.install_stop_handlers()
+    with pytest.raises(Terminated):
+        gc.disable()
+        try:
+            garbage = [Finalized() for _ in range(25)]
+            for item in garbage:
+                item.cycle = item  # freed only by a collection: 25 x 20 ms = 0.5 s of finalizers
+            del garbage, item
+            lifecycle._redeliver_dropped_stop(dropped)
+            gc.collect()
+        finally:
+            gc.enable()
+        time.sleep(5)  # the stop comes here, once the collection is over
+    assert len(finished) == 25
+    lifecycle._redeliver_dropped_stop(dropped)
+    after_the_command = []
+    signal.signal(signal.SIGTERM, lambda *_: after_the_command.append(True))  # the caller's handler
+    time.sleep(0.5)
+    assert after_the_command == []

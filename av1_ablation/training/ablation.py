@@ -35,7 +35,7 @@ from av1_ablation.training.config import STAGE2_PRESETS, Stage2Config
 from av1_ablation.training.children import child_name, end_failed_child, new_child_run, train_in_subprocesses
 from av1_ablation.training.data import cross_validation_tags, load_split_data
 from av1_ablation.training.lifecycle import (end_reason, fails_pending_run, finished_runs, log_new_params,
-                                             signals_held, tracked_run)
+                                             release_interrupted_frames, signals_held, tracked_run)
 from av1_ablation.training.stage1 import resolve_stage1
 from av1_ablation.training.stage2 import train_stage2
 from av1_ablation.training.threads import default_threads
@@ -126,6 +126,7 @@ def run_ablation(base: Stage2Config, losses: list[str], seeds: list[int], *, job
             # the children that never started (and any a dead process left open) are not left RUNNING
             interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
             with signals_held():
+                release_interrupted_frames(exc)
                 for run_id in child_ids.values():
                     with contextlib.suppress(Exception):
                         end_failed_child(run_id, f"the ablation stopped: {end_reason(exc)}",

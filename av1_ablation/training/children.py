@@ -30,7 +30,8 @@ from av1_ablation.errors import UserError
 from av1_ablation.record.contract import KIND_STAGE2, KIND_TAG, PARENT_RUN_TAG, arm_run_name
 from av1_ablation.training import config as config_mod
 from av1_ablation.training.config import Stage2Config
-from av1_ablation.training.lifecycle import end_reason, experiment_id, fail_pending_run, signals_held
+from av1_ablation.training.lifecycle import (end_reason, experiment_id, fail_pending_run,
+                                             release_interrupted_frames, signals_held)
 
 # workers import the same code as this process, installed or not
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -119,6 +120,7 @@ def train_in_subprocesses(child_ids: dict, jobs: int, threads: int) -> list[str]
             results = [f.result() for f in futures]
         except BaseException as exc:
             with signals_held():
+                release_interrupted_frames(exc)
                 with lock:
                     stopping.set()
                 pool.shutdown(wait=False, cancel_futures=True)

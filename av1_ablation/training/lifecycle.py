@@ -7,11 +7,13 @@ Ctrl-C and SIGTERM end it KILLED. Input refused before a run starts ends the run
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import platform
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -60,15 +62,67 @@ def _on_stop_signal(signum, _frame):
     _raise_for(signum)
 
 
+# how long a stop that Python dropped waits to be sent again: long enough for this process to
+# have left the finalizer that dropped it (a garbage collection in progress is waited out)
+REDELIVERY_SECONDS = 0.05
+_unraisable_hooks: list = []  # the hook that _redeliver_dropped_stop replaced
+_collecting: list[bool] = [False]  # whether a garbage collection is running (gc.callbacks)
+_redelivering: list[int] = []  # the signal a timer will send again; one at a time
+
+
+def _redeliver_dropped_stop(unraisable) -> None:
+    """``sys.unraisablehook``: send again a Ctrl-C or SIGTERM that Python dropped.
+
+    A garbage collection can run a finalizer or a weakref callback between any two lines; a
+    stop signal handled while one runs raises in it, and Python prints that exception and
+    drops it, so the command would go on as if never stopped (seen once in a few dozen stops
+    during ``stage1=auto``). The signal is sent again a moment later, from a thread, once the
+    collection is over, so that it is handled in the code the collection interrupted; it is
+    not sent if the command has ended since (its stop handlers are gone). Other exceptions go
+    to the hook this one replaced."""
+    exc = unraisable.exc_value
+    if not isinstance(exc, (KeyboardInterrupt, Terminated)):
+        _unraisable_hooks[-1](unraisable)
+        return
+    if not _redelivering:
+        _redelivering.append(signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM)
+        _start_redelivery()
+
+
+def _start_redelivery() -> None:
+    timer = threading.Timer(REDELIVERY_SECONDS, _send_again)
+    timer.daemon = True
+    timer.start()
+
+
+def _send_again() -> None:
+    if _collecting[0]:
+        _start_redelivery()  # a stop sent now would land in the collection's next finalizer
+        return
+    signum = _redelivering.pop()
+    if signal.getsignal(signum) is _on_stop_signal:
+        signal.pthread_kill(threading.main_thread().ident, signum)
+
+
+def _note_collection(phase: str, _info) -> None:
+    _collecting[0] = phase == "start"
+
+
 def install_stop_handlers() -> None:
     """Make Ctrl-C and SIGTERM unwind (as KeyboardInterrupt and Terminated), and obey
-    :func:`signals_held` and :func:`signals_deferred`. Only the main thread can set handlers;
-    a signal ignored (SIG_IGN) stays ignored."""
+    :func:`signals_held` and :func:`signals_deferred`; a stop that Python drops is sent again
+    (:func:`_redeliver_dropped_stop`). Only the main thread can set handlers; a signal ignored
+    (SIG_IGN) stays ignored. The command line restores the handlers it found when it ends."""
     if threading.current_thread() is not threading.main_thread():
         return
     for s in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(s) is not signal.SIG_IGN:
             signal.signal(s, _on_stop_signal)
+    if sys.unraisablehook is not _redeliver_dropped_stop:  # a test runner may have set its own since
+        _unraisable_hooks[:] = [sys.unraisablehook]
+        sys.unraisablehook = _redeliver_dropped_stop
+    if _note_collection not in gc.callbacks:
+        gc.callbacks.append(_note_collection)
 
 
 @contextlib.contextmanager
@@ -100,6 +154,43 @@ def signals_deferred():
     same signal twice acts at once, so that a block stuck on a tracking server that does
     not answer can still be stopped; a Ctrl-C and a SIGTERM together are one stop."""
     return _signal_mode("defer")
+
+
+def release_interrupted_frames(exc: BaseException) -> None:
+    """Free the SQLite cursor a Ctrl-C or SIGTERM left open, before the clean-up writes to the
+    tracking store.
+
+    A signal that lands while SQLite reads leaves the read's cursor open (SQLAlchemy does not
+    close the cursor of an exit exception), and the traceback keeps it alive: its unfinished
+    statement holds the database's read lock, so every write that would end the runs waits
+    SQLite's busy timeout and fails, leaving them RUNNING. Only the frames of SQLAlchemy's own
+    code are cleared, and of those only the ones no longer running: clearing others could
+    close a context manager still suspended at its ``yield`` (a run's own). The traceback
+    still prints. Signals are held meanwhile; callers that write after it call it inside their
+    own :func:`signals_held` block, so that a second signal cannot come in between.
+    """
+    sqlalchemy = sys.modules.get("sqlalchemy")  # MLflow's SQL stores use it; not loaded, no cursor
+    if sqlalchemy is None or not getattr(sqlalchemy, "__file__", None):
+        return
+    package = os.path.dirname(sqlalchemy.__file__) + os.sep
+    chain = []
+    while exc is not None and exc not in chain:  # a stop may come wrapped (Ray) or as a context
+        chain.append(exc)
+        exc = exc.__cause__ if exc.__cause__ is not None else exc.__context__
+    if not any(isinstance(e, (KeyboardInterrupt, Terminated)) for e in chain):
+        return
+    with signals_held():
+        cleared = False
+        for e in chain:
+            tb = e.__traceback__
+            while tb is not None:
+                if tb.tb_frame.f_code.co_filename.startswith(package):
+                    with contextlib.suppress(RuntimeError):  # a frame still running
+                        tb.tb_frame.clear()
+                        cleared = True
+                tb = tb.tb_next
+        if cleared:
+            gc.collect()  # a cursor in a reference cycle is freed only by the collector
 
 
 def git_commit() -> str | None:
@@ -172,10 +263,11 @@ def tracked_run(*, kind: str, run_id: str | None = None, run_name: str | None = 
             mlflow.set_tags({KIND_TAG: kind, **(tags or {})})
         yield run
     except BaseException as exc:
+        release_interrupted_frames(exc)
         if run is not None:
             _ending(lambda: _end_run(run, kind, exc, on_interrupt))
         elif reopened is not None:
-            _ending(lambda: _end_reopened_run(reopened, kind, exc))
+            _ending(lambda: end_unstarted_run(reopened, kind, exc))
         raise
     else:
         _ending(lambda: _finish(run))
@@ -187,8 +279,11 @@ def _ending(end) -> None:
     then acts. Every ending does nothing for a run already ended."""
     try:
         end()
-    except (KeyboardInterrupt, Terminated):
-        end()
+    except (KeyboardInterrupt, Terminated) as again:
+        try:
+            release_interrupted_frames(again)  # it too may have landed in a store read
+        finally:
+            end()
         raise
 
 
@@ -252,15 +347,18 @@ def _end_active_run(status: str, tags: dict) -> None:
         mlflow.end_run(status)
 
 
-def _terminate_if_running(run_id: str, status: str, tags: dict | None = None) -> None:
+def _terminate_if_running(run_id: str, status: str, tags: dict | None = None) -> bool:
     """End a run that is off MLflow's stack but still RUNNING in the store: ``end_run`` takes
-    it off the stack before it records the end, and a signal can come in between."""
+    it off the stack before it records the end, and a signal can come in between. Returns
+    whether it ended the run."""
     with contextlib.suppress(Exception):
         client = MlflowClient()
         if client.get_run(run_id).info.status == "RUNNING":
             for key, value in (tags or {}).items():
                 client.set_tag(run_id, key, value)
             client.set_terminated(run_id, status)
+            return True
+    return False
 
 
 def open_run_count() -> int:
@@ -268,32 +366,42 @@ def open_run_count() -> int:
     return len(_open_runs)
 
 
-def end_open_runs(exc: BaseException, *, keep: int = 0) -> None:
+def end_open_runs(exc: BaseException, *, keep: int = 0, pending: str | None = None) -> None:
     """End KILLED or FAILED, innermost first, the runs of this process that no
     :func:`tracked_run` ended, except the first ``keep`` (open before the command started):
     a signal around a ``with`` statement's entry or exit reaches the command without
-    passing through the run's own handler."""
+    passing through the run's own handler. ``pending``, the run ``mlflow run`` created for
+    the command, ends too if still RUNNING: a signal before the command's run starts (while
+    the data or the Stage-1 backbone load) reaches no run's handler at all."""
     status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Terminated)) else "FAILED"
     tags = {FAILURE_TAG: end_reason(exc)}
     with signals_held():
-        left = _open_runs[keep:]
+        release_interrupted_frames(exc)
+        kept, left = _open_runs[:keep], _open_runs[keep:]
         while (active := mlflow.active_run()) is not None and active.info.run_id in left:
             _end_active_run(status, tags)
         for run_id in reversed(left):
             _terminate_if_running(run_id, status, tags)
         del _open_runs[keep:]
+        active = mlflow.active_run()  # a run the caller opened around the command is its to end
+        if pending and pending not in kept and not (active and active.info.run_id == pending):
+            if _terminate_if_running(pending, status, tags):
+                _name_run(exc, pending, "")  # it never trained: nothing to resume
 
 
-def _end_reopened_run(run_id: str, kind: str, exc: BaseException) -> None:
-    """End the run start_run was reopening (a resume's, or the one ``mlflow run`` created) and
-    marked RUNNING, when it failed before returning it."""
-    _name_run(exc, run_id, kind)
-    with signals_held(), contextlib.suppress(Exception):
+def end_unstarted_run(run_id: str, kind: str, exc: BaseException) -> None:
+    """End ``run_id`` KILLED (Ctrl-C, SIGTERM) or FAILED with the reason if it is still
+    RUNNING: a run created for a block that stopped before its :func:`tracked_run` started it
+    (or while ``start_run`` was reopening it, which marks it RUNNING first)."""
+    interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
+    # a second stop signal is dropped; a first one, during the clean-up of an error, acts after it
+    with signals_held() if interrupted else signals_deferred(), contextlib.suppress(Exception):
+        release_interrupted_frames(exc)
         client = MlflowClient()
         if client.get_run(run_id).info.status == "RUNNING":
+            _name_run(exc, run_id, kind)  # only a run this ends: the message says it is KILLED
             client.set_tag(run_id, KIND_TAG, kind)
-            fail_pending_run(end_reason(exc), run_id,
-                             status="KILLED" if isinstance(exc, (KeyboardInterrupt, Terminated)) else "FAILED")
+            fail_pending_run(end_reason(exc), run_id, status="KILLED" if interrupted else "FAILED")
 
 
 def _name_run(exc: BaseException, run_id: str, kind: str) -> None:
@@ -412,6 +520,9 @@ def run_lease(run_id: str, *, label: str):
         raise _lease_refusal(label, holder or "?@?")
     try:
         yield
+    except BaseException as exc:
+        release_interrupted_frames(exc)  # or the lease's removal below waits out the store's lock
+        raise
     finally:
         with contextlib.suppress(Exception):  # an unreachable store leaves a stale mark
             if client.get_run(run_id).data.tags.get(LEASE_TAG) == mine:
@@ -461,6 +572,7 @@ def resume_launch(run_id: str):
     except BaseException as exc:
         interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
         with signals_held(), contextlib.suppress(Exception):
+            release_interrupted_frames(exc)
             if client.get_run(launch).info.status == "RUNNING":  # a refusal has ended it with its message
                 fail_pending_run(f"the resume of run {run_id} ended: {end_reason(exc)}", launch,
                                  status="KILLED" if interrupted else "FAILED")
@@ -481,6 +593,6 @@ def finished_runs(kind: str, *, tags: dict[str, str], params: dict[str, str], ma
 __all__ = [
     "tracked_run", "end_open_runs", "open_run_count", "install_stop_handlers", "signals_held",
     "signals_deferred", "log_new_params", "finished_runs", "environment_tags", "fails_pending_run",
-    "fail_pending_run", "end_reason", "experiment_id", "git_commit", "run_lease", "holder_alive",
-    "record_resume", "resume_launch",
+    "fail_pending_run", "end_unstarted_run", "end_reason", "experiment_id", "git_commit", "run_lease",
+    "holder_alive", "record_resume", "resume_launch", "release_interrupted_frames",
 ]

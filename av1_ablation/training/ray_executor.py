@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from av1_ablation.errors import Terminated, UserError
 from av1_ablation.training.children import (child_command, child_env, child_name, end_failed_child, exit_reason,
                                             new_child_run, tracking_server_for_workers)
-from av1_ablation.training.lifecycle import end_reason, install_stop_handlers
+from av1_ablation.training.lifecycle import end_reason, install_stop_handlers, release_interrupted_frames
 
 RETRIES = 1  # new runs after a worker died
 # Ray's ways of saying that the process or machine running a task is gone (retried), as
@@ -163,6 +163,7 @@ class _Children:
 
     def stop(self, exc: BaseException) -> None:
         """Ctrl-C, SIGTERM or an error in the parent: cancel every task and end its run."""
+        release_interrupted_frames(exc)
         interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
         for ref, (_, run_id, _) in self.pending.items():
             with contextlib.suppress(Exception):

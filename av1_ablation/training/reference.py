@@ -34,8 +34,8 @@ from av1_ablation.record.contract import (BEST_VAL, FINETUNE, GBM_ITERATIONS, KI
 from av1_ablation.training import config as config_mod
 from av1_ablation.training.config import STAGE2_PRESETS, Stage2Config
 from av1_ablation.training.data import cross_validation_tags, load_split_data, log_dataset_input
-from av1_ablation.training.lifecycle import (environment_tags, experiment_id, fails_pending_run,
-                                             log_new_params, tracked_run)
+from av1_ablation.training.lifecycle import (end_unstarted_run, environment_tags, experiment_id,
+                                             fails_pending_run, log_new_params, tracked_run)
 from av1_ablation.training.stage2 import RunLabels, log_evaluation, train_stage2
 
 REFERENCES = REFERENCE_MODELS
@@ -85,9 +85,17 @@ def train_reference(name: str, cfg: Stage2Config, data, *, parent_id: str | None
     if name == FINETUNE:
         from mlflow.tracking import MlflowClient
 
-        run_id = MlflowClient().create_run(experiment_id(), run_name=run_name, tags=tags).info.run_id
-        return train_stage2(dataclasses.replace(cfg, finetune=True), run_id=run_id, data=data,
-                            labels=RunLabels(kind=KIND_REFERENCE, name=run_name, tags=tags))
+        run_id = None
+        try:
+            run_id = MlflowClient().create_run(experiment_id(), run_name=run_name, tags=tags).info.run_id
+            return train_stage2(dataclasses.replace(cfg, finetune=True), run_id=run_id, data=data,
+                                labels=RunLabels(kind=KIND_REFERENCE, name=run_name, tags=tags))
+        except BaseException as exc:
+            # stopped or failed before train_stage2 started the run (its Stage-1 backbone loads
+            # first): no run's handler ends it
+            if run_id is not None:
+                end_unstarted_run(run_id, KIND_REFERENCE, exc)
+            raise
     with tracked_run(kind=KIND_REFERENCE, run_name=run_name,
                      tags={**data.tags(), **environment_tags("cpu"), **tags}, nested=True) as run:
         log_new_params({LOSS_TYPE_PARAM: "baseline", SEED_PARAM: str(cfg.seed),

@@ -35,7 +35,9 @@ from av1_ablation.training import config as config_mod
 from av1_ablation.training.config import STAGE1_PRESETS, Stage1Config, option_name
 from av1_ablation.training.data import SplitData, load_split_data, log_dataset_input, resolve_device, select
 from av1_ablation.training.lifecycle import (end_reason, environment_tags, experiment_id, fail_pending_run,
-                                             fails_pending_run, finished_runs, log_new_params, tracked_run)
+                                             fails_pending_run, finished_runs, log_new_params,
+                                             release_interrupted_frames, signals_deferred, signals_held,
+                                             tracked_run)
 from av1_ablation.training.loop import (History, Optimisation, fit, log_selected_checkpoint, predict,
                                         set_determinism)
 from av1_ablation.training.tensors import DeviceBlocks
@@ -226,19 +228,22 @@ def _end_runs_of_interrupted_auto(exc: BaseException, stage1_run_id: str | None,
     """
     interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
     status = "KILLED" if interrupted else "FAILED"
-    reason = end_reason(exc)
-    client = MlflowClient()
-    with contextlib.suppress(Exception):  # keep the original exception, whatever happens here
-        if stage1_run_id and client.get_run(stage1_run_id).info.status == "RUNNING":
-            fail_pending_run(reason, stage1_run_id, status=status)
-    active = mlflow.active_run()
-    # an ablation parent started by `mlflow run` is the active run: its own bookkeeping ends it
-    if pending and pending != stage1_run_id and not (active and active.info.run_id == pending):
-        with contextlib.suppress(Exception):
-            if client.get_run(pending).info.status == "RUNNING":
-                what = f"Stage-1 run {stage1_run_id}" if stage1_run_id else "the Stage-1 run"
-                fail_pending_run(f"{reason} (while training {what} for stage1=auto)", pending,
-                                 status=status)
+    # a second stop signal must not cut these writes short; one during an error's clean-up acts after it
+    with signals_held() if interrupted else signals_deferred():
+        release_interrupted_frames(exc)
+        reason = end_reason(exc)
+        client = MlflowClient()
+        with contextlib.suppress(Exception):  # keep the original exception, whatever happens here
+            if stage1_run_id and client.get_run(stage1_run_id).info.status == "RUNNING":
+                fail_pending_run(reason, stage1_run_id, status=status)
+        active = mlflow.active_run()
+        # an ablation parent started by `mlflow run` is the active run: its own bookkeeping ends it
+        if pending and pending != stage1_run_id and not (active and active.info.run_id == pending):
+            with contextlib.suppress(Exception):
+                if client.get_run(pending).info.status == "RUNNING":
+                    what = f"Stage-1 run {stage1_run_id}" if stage1_run_id else "the Stage-1 run"
+                    fail_pending_run(f"{reason} (while training {what} for stage1=auto)", pending,
+                                     status=status)
 
 
 def _stage1_preset(preset: str, width: float) -> str:
