@@ -139,6 +139,9 @@ def _handle_stop_signals(args):
 def _restore(previous) -> None:
     """Put back the handlers the command found: a stop sent again after it ended finds none of
     its own, and a caller in the same process (a notebook, a test) gets its own back."""
+    lifecycle = sys.modules.get("av1_ablation.training.lifecycle")  # imported: stops may wait
+    if lifecycle is not None:
+        lifecycle.forget_pending_stops()
     if previous is not None:
         sigint, sigterm, sys.unraisablehook = previous
         for signum, handler in ((signal.SIGINT, sigint), (signal.SIGTERM, sigterm)):

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 
 from av1_ablation.cli import main
 from av1_ablation.errors import Terminated
+from av1_ablation.training.lifecycle import _sql_store_file
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["--preset", "smoke", "--batch-size", "16"]
@@ -32,9 +34,12 @@ SLOW_ENCODES = ["--source", "embedded:astronaut", "--source", "embedded:coffee",
 def stop_handling_restored():
     """What a test here sets for Ctrl-C and SIGTERM (handlers, the hook that sends a dropped
     stop again) does not outlive it: a later test in this process must not find it."""
+    from av1_ablation.training.lifecycle import forget_pending_stops
+
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     hook = sys.unraisablehook
     yield
+    forget_pending_stops()  # a stop a test left waiting is not sent to the next
     sys.unraisablehook = hook
     for s, handler in handlers.items():
         signal.signal(s, handler)
@@ -334,9 +339,11 @@ def test_a_resume_that_fails_to_start_leaves_the_run_ended(tracking_store, monke
 
 @pytest.mark.parametrize("ending, how", [("FAILED", "signal"), ("FAILED", "refused"),
                                          ("FINISHED", "signal")])
-def test_a_nested_run_ends_itself_whatever_happens_while_it_ends(tracking_store, monkeypatch, ending, how):
+def test_a_nested_run_ends_itself_whatever_happens_while_it_ends(tracking_store, monkeypatch, capsys,
+                                                                 ending, how):
     """A SIGTERM, or a store refusing the failure tag, while the nested run is being ended: that
-    run still ends (a signal acts after), and the run it is nested in ends too."""
+    run still ends (a signal acts after), and the run it is nested in ends too. A refusal is
+    printed, once for each run it concerns."""
     import mlflow
 
     import av1_ablation.training.lifecycle as lifecycle
@@ -373,6 +380,14 @@ def test_a_nested_run_ends_itself_whatever_happens_while_it_ends(tracking_store,
     runs = {r.info.run_name: r for r in client().search_runs([exp])}
     assert runs["inner"].info.status == ending and mlflow.active_run() is None
     assert runs["outer"].info.status == ("KILLED" if how == "signal" else "FAILED")
+    refusals = [line for line in capsys.readouterr().err.splitlines() if "could not record the end" in line]
+    if how == "refused":
+        assert len(refusals) == 2, refusals
+        for run, line in zip((runs["inner"], runs["outer"]), refusals):
+            assert f"end of run {run.info.run_id} in" in line and "tracking server gone" in line
+            assert f"set_terminated('{run.info.run_id}', 'FAILED')" in line
+    else:
+        assert not refusals
 
 
 def test_signals_deferred_acts_after_the_block_or_at_the_same_signal_again():
@@ -682,10 +697,10 @@ def test_mlflow_telemetry_is_off_in_the_package_processes(tmp_path):
 
 
 @contextlib.contextmanager
-def sigterm_inside_a_select(times: int = 1):
+def sigterm_inside_a_select(times: int = 2):
     """Yields ``arm``: once it is called, the next SELECT of the tracking store gets SIGTERM
-    (``times`` of them) while its cursor is still open, as a real stop that lands while SQLite
-    reads. A signal
+    (``times`` of them) while its cursor is still open. One stop waits for the end of the store
+    call; the same signal twice, a user who insists, acts at once inside the read. A signal
     there (SQLAlchemy does not close the cursor of an exit exception) leaves a statement open
     that holds the database's read lock for as long as the exception's traceback keeps the
     cursor alive: a write then waits for SQLite's 20 s busy timeout, and fails."""
@@ -709,6 +724,223 @@ def sigterm_inside_a_select(times: int = 1):
         event.remove(Engine, "after_cursor_execute", sigterm_mid_select)
 
 
+def stop_at_line(k: int):
+    """A trace function that sends SIGTERM to this process at the ``k``-th line event of
+    MLflow's SQL stores or of SQLAlchemy (0: never), as a stop landing at that line of a store
+    call. Returns it, the count of lines it has seen, the list of the signals it sent and a list
+    that holds an item once the outermost store frame has returned."""
+    seen, sent, returned = [0], [], []
+
+    def trace(frame, event, _arg):
+        if _sql_store_file(frame.f_code.co_filename):
+            if event == "line":
+                seen[0] += 1
+                if seen[0] == k:
+                    sent.append(k)
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+            elif event == "return" and not _sql_store_file(frame.f_back.f_code.co_filename):
+                returned.append(True)  # the store call is over
+        return trace
+
+    return trace, seen, sent, returned
+
+
+def raised_in_store_code(exc: BaseException) -> list[str]:
+    """The places in SQL store code that ``exc`` was raised through."""
+    tb, found = exc.__traceback__, []
+    while tb is not None:
+        if _sql_store_file(tb.tb_frame.f_code.co_filename):
+            found.append(f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}")
+        tb = tb.tb_next
+    return found
+
+
+def store_lock_free(db: str) -> bool:
+    """Whether no connection (of this process or another) holds a lock on the database."""
+    import sqlite3
+
+    probe = sqlite3.connect(db, timeout=0.1, isolation_level=None)
+    try:
+        probe.execute("BEGIN EXCLUSIVE")
+        probe.execute("COMMIT")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        probe.close()
+
+
+def test_a_stop_landing_anywhere_in_a_store_call_acts_once_the_call_is_over(tracking_store):
+    """Ctrl-C or SIGTERM at any line of a store call (a read, a write) acts after the call:
+    raised inside it, it could leave SQLAlchemy's session counter or pool lock taken (the
+    clean-up's next call then hangs) or an unfinished SQLite statement whose lock makes the
+    clean-up's writes fail. The stop is sent again until the call is over, never lost."""
+    from av1_ablation.training.lifecycle import install_stop_handlers
+
+    uri, exp = tracking_store
+    db = uri.split("sqlite:///", 1)[1]
+    run_id = client().create_run(exp).info.run_id
+    for i in range(5):
+        client().log_param(run_id, f"p{i}", i)
+    calls = {"get_run": lambda: client().get_run(run_id),
+             "search_runs": lambda: client().search_runs([exp], "params.p1 = '1'"),
+             "set_tag": lambda: client().set_tag(run_id, "t", "v")}
+    install_stop_handlers()
+    tracer = sys.gettrace()  # a coverage tool's or a debugger's, put back after each call
+
+    def traced(trace):
+        sys.settrace(trace)
+        try:
+            return call()
+        finally:
+            sys.settrace(tracer)
+
+    for name, call in calls.items():
+        call()  # the first call imports and connects; the ones stopped below are like a command's
+        trace, seen, _, _ = stop_at_line(0)
+        traced(trace)
+        lines = seen[0]
+        assert lines > 100, (name, lines)
+        for k in range(1, lines + 1, lines // 20):  # 20 places in each call, from its first line
+            trace, _, sent, returned = stop_at_line(k)
+            stopped = None
+            try:
+                traced(trace)
+                deadline = time.monotonic() + 10.0
+                while sent and time.monotonic() < deadline:  # the stop comes here, in 50 ms
+                    time.sleep(0.005)
+            except Terminated as exc:
+                stopped = exc
+            if not sent:
+                assert stopped is None
+                continue  # this call ran fewer lines than the one counted
+            assert stopped is not None, f"{name}: a stop at line {k} of {lines} was lost"
+            assert returned, f"{name}: a stop at line {k} of {lines} cut the store call short"
+            assert not raised_in_store_code(stopped), (name, k, raised_in_store_code(stopped))
+            assert store_lock_free(db), f"{name}: the store is locked after a stop at line {k}"
+            # and nothing it left taken makes the next call hang (it would wait forever)
+            follow_up = threading.Thread(target=lambda: client().get_run(run_id), daemon=True)
+            follow_up.start()
+            follow_up.join(10)
+            assert not follow_up.is_alive(), f"{name}: a store call hangs after a stop at line {k}"
+
+
+def stuck_store_call():
+    """``call(seconds, then)``: code that counts as MLflow's SQL store code, waiting ``seconds``
+    as a call to a database that does not answer would, then calling ``then()`` before it
+    returns."""
+    import mlflow
+
+    path = os.path.join(os.path.dirname(mlflow.__file__), "store", "db", "database_that_does_not_answer.py")
+    assert _sql_store_file(path)
+    source = ("import time\n"
+              "def call(seconds, then=lambda: None):\n"
+              "    end = time.monotonic() + seconds\n"
+              "    while time.monotonic() < end:\n"
+              "        time.sleep(0.01)\n"
+              "    then()\n"
+              "    return 'answered'\n")
+    namespace = {}
+    exec(compile(source, path, "exec"), namespace)
+    return namespace["call"]
+
+
+@pytest.mark.parametrize("sent, acts", [((signal.SIGTERM,), "after the call"),
+                                        ((signal.SIGINT, signal.SIGTERM), "after the call"),
+                                        ((signal.SIGTERM, signal.SIGTERM), "at once")])
+def test_a_stop_in_a_store_call_that_does_not_return_acts_when_the_user_insists(sent, acts):
+    """A stop waits for the store call's end; the same signal again, from the user, acts at
+    once, so that a call stuck on a database can still be stopped. A terminal's Ctrl-C and the
+    SIGTERM sent after it are one stop (the first), which waits."""
+    from av1_ablation.training.lifecycle import install_stop_handlers
+
+    call = stuck_store_call()
+    install_stop_handlers()
+    main_thread = threading.main_thread().ident
+    senders = [threading.Timer(0.2 + 0.3 * i, signal.pthread_kill, (main_thread, signum))
+               for i, signum in enumerate(sent)]
+    answered = []
+    start = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt if sent[0] == signal.SIGINT else Terminated) as stopped:
+            for sender in senders:
+                sender.start()
+            answered.append(call(2.0))
+            time.sleep(1.0)  # a stop that waited comes here
+    finally:
+        for sender in senders:  # none may fire once the test is over
+            sender.cancel()
+            sender.join()
+    took = time.monotonic() - start
+    if acts == "at once":
+        assert not answered and took < 1.8
+        assert raised_in_store_code(stopped.value)
+    else:
+        assert answered and 2.0 <= took < 4.0
+        assert not raised_in_store_code(stopped.value)
+
+
+def test_a_stop_that_waited_for_a_store_call_acts_after_a_clean_up_that_holds_signals():
+    """The clean-up of an error holds signals; a stop sent again into it is not dropped, as a
+    second stop would be, but acts once the clean-up is over."""
+    from av1_ablation.training import lifecycle
+
+    lifecycle.install_stop_handlers()
+    cleaned_up = []
+    with pytest.raises(Terminated) as stopped:
+        with lifecycle.signals_held():
+            lifecycle._wait((signal.SIGTERM, lifecycle._stops_acted[0]))  # as for a stop in a store call
+            time.sleep(0.5)  # it is sent again here, several times
+            cleaned_up.append(True)
+        time.sleep(1.0)  # and acts here
+    assert cleaned_up and "received signal 15" in str(stopped.value)
+
+
+def test_a_stop_that_waits_acts_once_even_when_a_second_kind_came_in_a_deferred_block():
+    """A Ctrl-C waits out a store call; the SIGTERM sent after it lands in a block that defers
+    signals and acts at the block's end. That is the stop: the Ctrl-C, still waiting to be sent
+    again, must not act a second time in the clean-up that follows."""
+    from av1_ablation.training import lifecycle
+
+    lifecycle.install_stop_handlers()
+    lifecycle._wait((signal.SIGINT, lifecycle._stops_acted[0]))  # a Ctrl-C inside a store call
+    stops = []
+    try:
+        with lifecycle.signals_deferred():
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+            time.sleep(0.01)
+    except (KeyboardInterrupt, Terminated) as exc:
+        stops.append(type(exc).__name__)
+        try:
+            with lifecycle.signals_held():
+                time.sleep(0.3)  # the clean-up
+            time.sleep(0.5)
+        except (KeyboardInterrupt, Terminated) as again:
+            stops.append(type(again).__name__)
+    assert stops == ["Terminated"]
+
+
+def test_a_stop_that_waits_when_the_command_ends_is_not_sent_to_what_comes_next():
+    """A stop during the last store call of a command that has done its work: the command ends
+    as it would have (the command line forgets the stop as it puts its handlers back), and
+    nothing reaches the caller's own handler afterwards."""
+    from av1_ablation.training import lifecycle
+
+    call = stuck_store_call()
+    lifecycle.install_stop_handlers()
+    sender = threading.Timer(0.1, signal.pthread_kill, (threading.main_thread().ident, signal.SIGTERM))
+    forgot = []
+    sender.start()
+    try:
+        call(0.3, then=lambda: forgot.append(lifecycle.forget_pending_stops()))
+    finally:
+        sender.join()
+    after = []
+    signal.signal(signal.SIGTERM, lambda *_: after.append("SIGTERM"))  # the caller's handler, put back
+    time.sleep(0.5)
+    assert forgot == [True] and after == []
+
+
 def test_a_signal_inside_a_store_query_does_not_lock_the_store_against_ending_the_run(tracking_store):
     import mlflow
 
@@ -729,7 +961,7 @@ def test_a_second_signal_inside_the_store_query_of_an_ending_run_does_not_leave_
     read the second signal cut short."""
     from av1_ablation.training.lifecycle import tracked_run
 
-    with sigterm_inside_a_select(times=2) as arm:
+    with sigterm_inside_a_select() as arm:
         with pytest.raises(Terminated), tracked_run(kind="stage1", run_name="ending") as run:
             arm()  # the next read is the ending's own
     assert client().get_run(run.info.run_id).info.status == "FINISHED"

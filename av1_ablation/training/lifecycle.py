@@ -48,9 +48,23 @@ def _raise_for(signum: int):
     raise_terminated(signum, None)
 
 
-def _on_stop_signal(signum, _frame):
+def _act(signum: int):
+    """Raise the stop: any stop still waiting to be sent again is this one."""
+    _stops_acted[0] += 1  # a copy of it the timer is sending now is recognised as stale
+    _waiting.clear()
+    _raise_for(signum)
+
+
+def _on_stop_signal(signum, frame):
+    resent = None  # set when this process sent the signal itself, for a stop that waited
+    if _resent and _resent[0][0] == signum:
+        resent = _resent.pop()
+        if resent[1] != _stops_acted[0]:
+            return  # a stop acted since it was sent: it is that stop, already handled
     mode = _signal_modes[-1] if _signal_modes else None
     if mode == "hold":
+        if resent is not None:  # a stop that waited, in the clean-up of an error: it acts after
+            _wait(resent)
         return
     if mode == "defer":
         if not _deferred_signals:
@@ -59,15 +73,84 @@ def _on_stop_signal(signum, _frame):
         if _deferred_signals[0] != signum:
             return  # a terminal's Ctrl-C and the SIGTERM mlflow run or a parent sends after it: one stop
         _deferred_signals.clear()  # the same signal again: the user insists, it acts at once
-    _raise_for(signum)
+    elif _postponed(signum, frame, resent):
+        return
+    _act(signum)
 
 
-# how long a stop that Python dropped waits to be sent again: long enough for this process to
-# have left the finalizer that dropped it (a garbage collection in progress is waited out)
+_MLFLOW_STORES = os.path.join(os.path.dirname(mlflow.__file__), "store") + os.sep
+_sqlalchemy_code: list[str] = []  # SQLAlchemy's folder, once it is imported (MLflow's SQL stores do)
+
+
+def _sql_store_file(path: str) -> bool:
+    """Whether ``path`` is a file of MLflow's SQL stores or of SQLAlchemy: the code a stop must
+    not raise in (:func:`_postponed`). MLflow's file and REST stores, and its artifact
+    transfers, hold no such lock: a stop acts there at once."""
+    if not _sqlalchemy_code and getattr(sys.modules.get("sqlalchemy"), "__file__", None):
+        _sqlalchemy_code.append(os.path.dirname(sys.modules["sqlalchemy"].__file__) + os.sep)
+    if _sqlalchemy_code and path.startswith(_sqlalchemy_code[0]):
+        return True
+    return path.startswith(_MLFLOW_STORES) and (path.endswith("sqlalchemy_store.py")
+                                                or path.startswith(_MLFLOW_STORES + "db" + os.sep))
+
+
+def _in_sql_store_code(frame) -> bool:
+    """Whether ``frame`` or a caller of it runs a :func:`_sql_store_file`."""
+    while frame is not None:
+        if _sql_store_file(frame.f_code.co_filename):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _postponed(signum: int, frame, resent) -> bool:
+    """Whether a stop that landed inside a call to a SQL tracking store waits for the call's
+    end: it is sent again once the main thread has left the store's code.
+
+    An exception raised between two bytecodes of SQLAlchemy or of MLflow's SQL stores can
+    leave a lock taken that only its ``with`` statement would release (SQLAlchemy's session
+    counter, its pool's overflow lock), so that the clean-up's next store call hangs for good,
+    or leave a SQLite statement unfinished, whose read lock makes the clean-up's writes on the
+    pool's other connection wait out the busy timeout and fail, leaving runs RUNNING. Such a
+    call takes milliseconds on a local database, up to the busy timeout on a locked one. The
+    same signal again, sent by the user while the first waits, acts at once.
+    """
+    if _waiting and resent is None:
+        if _waiting[0][0] != signum:
+            return True  # a Ctrl-C and the SIGTERM sent after it are one stop, still waiting
+        return False  # the user insists
+    if not _in_sql_store_code(frame):
+        return False
+    _wait(resent or (signum, _stops_acted[0]))
+    return True
+
+
+def forget_pending_stops() -> bool:
+    """Drop a stop that waits to be sent again; returns whether there was one. The command
+    line calls it when a command ends: a stop that came during the last store call of a
+    command that has done its work is not sent to whatever the process does next."""
+    pending = bool(_waiting)
+    _stops_acted[0] += 1  # a copy the timer is sending now is stale when it arrives
+    _waiting.clear()
+    timer = _timers[-1] if _timers else None
+    if timer is not None and timer is not threading.current_thread():
+        timer.cancel()
+        timer.join()  # a signal it sent is handled (and dropped as stale) while this waits
+    return pending
+
+
+# how often a stop that waits (one Python dropped in a finalizer, one postponed out of a SQL
+# store call) is looked at: it is sent again once no garbage collection runs (so that it lands
+# in the code the collection interrupted, not in its next finalizer) and the main thread is out
+# of the SQL store's code
 REDELIVERY_SECONDS = 0.05
 _unraisable_hooks: list = []  # the hook that _redeliver_dropped_stop replaced
 _collecting: list[bool] = [False]  # whether a garbage collection is running (gc.callbacks)
-_redelivering: list[int] = []  # the signal a timer will send again; one at a time
+# the stop waiting to be sent again, one at a time: (signal, how many stops had acted then)
+_waiting: list[tuple[int, int]] = []
+_resent: list[tuple[int, int]] = []  # the stop the timer has just sent (not the user)
+_stops_acted = [0]  # how many stops have raised in this process
+_timers: list[threading.Timer] = []  # the timer that looks at the waiting stop
 
 
 def _redeliver_dropped_stop(unraisable) -> None:
@@ -84,24 +167,38 @@ def _redeliver_dropped_stop(unraisable) -> None:
     if not isinstance(exc, (KeyboardInterrupt, Terminated)):
         _unraisable_hooks[-1](unraisable)
         return
-    if not _redelivering:
-        _redelivering.append(signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM)
-        _start_redelivery()
+    if not _waiting:
+        _wait((signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM, _stops_acted[0]))
 
 
-def _start_redelivery() -> None:
-    timer = threading.Timer(REDELIVERY_SECONDS, _send_again)
+def _wait(stop: tuple[int, int]) -> None:
+    _waiting[:] = [stop]
+    _look_again()
+
+
+def _look_again() -> None:
+    timer = threading.Timer(REDELIVERY_SECONDS, _send_when_safe)
     timer.daemon = True
     timer.start()
+    _timers[:] = [timer]  # started: forget_pending_stops may join it
 
 
-def _send_again() -> None:
-    if _collecting[0]:
-        _start_redelivery()  # a stop sent now would land in the collection's next finalizer
+def _send_when_safe() -> None:
+    if not _waiting:
+        return  # the stop acted meanwhile, or the command ended
+    main = threading.main_thread()
+    if _collecting[0] or _in_sql_store_code(sys._current_frames().get(main.ident)):
+        _look_again()  # a stop sent now would land in a finalizer, or in the store's code
         return
-    signum = _redelivering.pop()
-    if signal.getsignal(signum) is _on_stop_signal:
-        signal.pthread_kill(threading.main_thread().ident, signum)
+    stop = _waiting[0]
+    if signal.getsignal(stop[0]) is _on_stop_signal:
+        _resent[:] = [stop]  # before the stop leaves _waiting: no moment without either
+        if _waiting and _waiting[0] == stop:
+            _waiting.clear()
+            signal.pthread_kill(main.ident, stop[0])
+            return
+        _resent.clear()
+    _waiting.clear()
 
 
 def _note_collection(phase: str, _info) -> None:
@@ -139,7 +236,7 @@ def _signal_mode(mode: str):
         if _signal_modes and _signal_modes[-1] == "hold":
             _deferred_signals.clear()
         elif not _signal_modes and _deferred_signals:
-            _raise_for(_deferred_signals.pop())  # here, after the block
+            _act(_deferred_signals.pop())  # here, after the block
 
 
 def signals_held():
@@ -337,13 +434,40 @@ def _end_run(run, kind: str, exc: BaseException, on_interrupt) -> None:
             del _open_runs[pos:]  # only once it has ended: the enclosing run ends it otherwise
 
 
+_refusals_reported: set[str] = set()  # runs whose refused ending has been printed
+
+
+@contextlib.contextmanager
+def store_refusal_reported(run_id: str, status: str):
+    """Go on when the tracking store refuses a write that ends ``run_id`` (the error or the
+    stop that ended the run, if any, is what the command reports), but print the refusal on
+    standard error, once per run, with the command that ends the run by hand: it may be left
+    RUNNING."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - any store error; the original exception wins
+        if run_id not in _refusals_reported:
+            _refusals_reported.add(run_id)
+            with contextlib.suppress(OSError):  # a closed stderr must not replace the exception
+                _print_refusal(run_id, status, exc)
+
+
+def _print_refusal(run_id: str, status: str, exc: Exception) -> None:
+    print(f"av1-ablation: could not record the end of run {run_id} in the tracking store "
+          f"({type(exc).__name__}: {str(exc)[:300]}); if `mlflow ui` shows it RUNNING, "
+          f"end it with MLFLOW_TRACKING_URI set to this store: python -c \"from mlflow "
+          f"import MlflowClient; MlflowClient().set_terminated('{run_id}', '{status}')\"",
+          file=sys.stderr)
+
+
 def _end_active_run(status: str, tags: dict) -> None:
     """End the active run KILLED or FAILED; a store that refuses the tags or the status
     neither keeps it active (MLflow takes it off its stack first) nor hides the error
     that ended it."""
-    with contextlib.suppress(Exception):
+    run_id = mlflow.active_run().info.run_id
+    with store_refusal_reported(run_id, status):
         mlflow.set_tags(tags)
-    with contextlib.suppress(Exception):
+    with store_refusal_reported(run_id, status):
         mlflow.end_run(status)
 
 
@@ -351,7 +475,7 @@ def _terminate_if_running(run_id: str, status: str, tags: dict | None = None) ->
     """End a run that is off MLflow's stack but still RUNNING in the store: ``end_run`` takes
     it off the stack before it records the end, and a signal can come in between. Returns
     whether it ended the run."""
-    with contextlib.suppress(Exception):
+    with store_refusal_reported(run_id, status):
         client = MlflowClient()
         if client.get_run(run_id).info.status == "RUNNING":
             for key, value in (tags or {}).items():
@@ -395,13 +519,14 @@ def end_unstarted_run(run_id: str, kind: str, exc: BaseException) -> None:
     (or while ``start_run`` was reopening it, which marks it RUNNING first)."""
     interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
     # a second stop signal is dropped; a first one, during the clean-up of an error, acts after it
-    with signals_held() if interrupted else signals_deferred(), contextlib.suppress(Exception):
+    status = "KILLED" if interrupted else "FAILED"
+    with signals_held() if interrupted else signals_deferred(), store_refusal_reported(run_id, status):
         release_interrupted_frames(exc)
         client = MlflowClient()
         if client.get_run(run_id).info.status == "RUNNING":
             _name_run(exc, run_id, kind)  # only a run this ends: the message says it is KILLED
             client.set_tag(run_id, KIND_TAG, kind)
-            fail_pending_run(end_reason(exc), run_id, status="KILLED" if interrupted else "FAILED")
+            fail_pending_run(end_reason(exc), run_id, status=status)
 
 
 def _name_run(exc: BaseException, run_id: str, kind: str) -> None:
@@ -595,4 +720,5 @@ __all__ = [
     "signals_deferred", "log_new_params", "finished_runs", "environment_tags", "fails_pending_run",
     "fail_pending_run", "end_unstarted_run", "end_reason", "experiment_id", "git_commit", "run_lease",
     "holder_alive", "record_resume", "resume_launch", "release_interrupted_frames",
+    "store_refusal_reported", "forget_pending_stops",
 ]

@@ -10,7 +10,6 @@ first if there is none).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from av1_ablation.training.data import SplitData, load_split_data, log_dataset_i
 from av1_ablation.training.lifecycle import (end_reason, environment_tags, experiment_id, fail_pending_run,
                                              fails_pending_run, finished_runs, log_new_params,
                                              release_interrupted_frames, signals_deferred, signals_held,
-                                             tracked_run)
+                                             store_refusal_reported, tracked_run)
 from av1_ablation.training.loop import (History, Optimisation, fit, log_selected_checkpoint, predict,
                                         set_determinism)
 from av1_ablation.training.tensors import DeviceBlocks
@@ -233,13 +232,14 @@ def _end_runs_of_interrupted_auto(exc: BaseException, stage1_run_id: str | None,
         release_interrupted_frames(exc)
         reason = end_reason(exc)
         client = MlflowClient()
-        with contextlib.suppress(Exception):  # keep the original exception, whatever happens here
-            if stage1_run_id and client.get_run(stage1_run_id).info.status == "RUNNING":
-                fail_pending_run(reason, stage1_run_id, status=status)
+        if stage1_run_id:
+            with store_refusal_reported(stage1_run_id, status):
+                if client.get_run(stage1_run_id).info.status == "RUNNING":
+                    fail_pending_run(reason, stage1_run_id, status=status)
         active = mlflow.active_run()
         # an ablation parent started by `mlflow run` is the active run: its own bookkeeping ends it
         if pending and pending != stage1_run_id and not (active and active.info.run_id == pending):
-            with contextlib.suppress(Exception):
+            with store_refusal_reported(pending, status):
                 if client.get_run(pending).info.status == "RUNNING":
                     what = f"Stage-1 run {stage1_run_id}" if stage1_run_id else "the Stage-1 run"
                     fail_pending_run(f"{reason} (while training {what} for stage1=auto)", pending,
