@@ -941,6 +941,38 @@ def test_a_stop_that_waits_when_the_command_ends_is_not_sent_to_what_comes_next(
     assert forgot == [True] and after == []
 
 
+def test_a_stop_the_timer_sends_as_the_command_ends_reaches_neither_the_command_nor_the_caller():
+    """The timer sends a stop that waited at the moment the command ends, and the copy arrives
+    while the command line's clean-up waits for that timer: it must neither stop the finished
+    command nor reach the handler the caller gets back."""
+    from av1_ablation import cli
+    from av1_ablation.training import lifecycle
+
+    caller = []
+    signal.signal(signal.SIGTERM, lambda *_: caller.append("SIGTERM"))  # the caller's own handler
+    previous = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), sys.unraisablehook)
+    lifecycle.install_stop_handlers()
+    stop = (signal.SIGTERM, lifecycle._stops_acted[0])
+    main_thread = threading.main_thread().ident
+
+    class SendingTimer:  # the timer caught as it sends: its copy lands while it is joined
+        def cancel(self):
+            pass
+
+        def join(self):
+            lifecycle._resent[:] = [stop]  # as _send_when_safe records it, just before sending
+            signal.pthread_kill(main_thread, signal.SIGTERM)
+            time.sleep(0.1)  # the copy is handled here
+
+    lifecycle._timers[:] = [SendingTimer()]
+    try:
+        cli._restore(previous)  # raises Terminated if the copy acts
+        time.sleep(0.1)
+    finally:
+        lifecycle._timers.clear()
+    assert caller == [] and signal.getsignal(signal.SIGTERM) is previous[1]
+
+
 def test_a_signal_inside_a_store_query_does_not_lock_the_store_against_ending_the_run(tracking_store):
     import mlflow
 
