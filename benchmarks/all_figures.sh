@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Every measured figure of README.md and docs/, one script after the other on a quiet
-# machine (about 3 hours and 20 minutes on 2 cores, from the step times of its last runs; the extended data set needs `make extended-packages`). Each script's output goes to OUTDIR/<name>.out;
-# copy the figures from there, and name the commit printed first beside them
-# (tests/test_readme_results.py fails when av1_ablation/ or the other benchmark scripts have
-# changed since that commit).
+# machine (about 5 hours on the 2-core host of the README's figures, from the step times of
+# its last run; the extended data set needs `make extended-packages`). Each script's output
+# goes to OUTDIR/<name>.out; copy the figures from there, and name the commit printed first
+# beside them (tests/test_readme_results.py fails when av1_ablation/ or the other benchmark
+# scripts have changed since that commit).
 #
 #   bash benchmarks/all_figures.sh [OUTDIR [NAME...]]   # from the project root; needs `make setup`
 #
 # With NAMEs (e.g. end_to_end extended), only those scripts run. To measure one commit in two
-# sittings, run into the same OUTDIR first every name before `extended` (about 110 minutes), then
-# extended resampling_unit stage1_backbones_extended (about 90 minutes); the scripts that check
-# one another (stage1_backbones against end_to_end, its extended run against extended) stay in
-# one half.
+# sittings, run into the same OUTDIR first every name before `extended` (about 3 hours), then
+# extended resampling_unit stage1_backbones_extended (about 2 hours 10 minutes); the scripts
+# that check one another (stage1_backbones against end_to_end, its extended run against
+# extended) stay in one half.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd -P)
 out=${1:-$(mktemp -d)}
